@@ -1,0 +1,139 @@
+"""Backend resolution: the one place that decides which implementation runs a param group.
+
+Order of precedence (first that applies wins):
+
+1. explicit constructor flags: ``fused=True`` -> the device's fused backend
+   (``triton`` on CUDA, ``cpp`` on CPU); ``foreach=True`` -> ``foreach``;
+   ``foreach=False`` or ``fused=False`` -> ``forloop`` (torch's semantics);
+2. the environment variable ``OPTIMLAB_BACKEND`` (forloop | foreach | triton | cpp);
+3. the default rule for the device.
+
+``differentiable=True`` always runs the for-loop reference, as in torch.
+An explicit request for a backend that is not available raises; the environment
+override and the default fall back to foreach/forloop with one warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+BACKENDS = ("forloop", "foreach", "triton", "cpp")
+ENV_VAR = "OPTIMLAB_BACKEND"
+
+# algorithm name -> backend name -> update function
+_KERNELS: dict[str, dict[str, Callable]] = defaultdict(dict)
+# backend name -> callable returning None if usable, else a reason string
+_AVAILABILITY: dict[str, Callable[[], str | None]] = {}
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend runs a param group, and why."""
+
+    name: str
+    reason: str
+
+
+def register(algorithm: str, backend: str) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as ``algorithm``'s update under ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+    def wrap(fn: Callable) -> Callable:
+        _KERNELS[algorithm][backend] = fn
+        return fn
+
+    return wrap
+
+
+def register_availability(backend: str, check: Callable[[], str | None]) -> None:
+    """Register a check telling whether ``backend`` can run here (None) or why not."""
+    _AVAILABILITY[backend] = check
+
+
+def kernel(algorithm: str, backend: str) -> Callable:
+    return _KERNELS[algorithm][backend]
+
+
+def backends_of(algorithm: str) -> tuple[str, ...]:
+    """The backends implemented for ``algorithm``, in canonical order."""
+    return tuple(b for b in BACKENDS if b in _KERNELS[algorithm])
+
+
+def _unavailable(algorithm: str, backend: str) -> str | None:
+    if backend not in _KERNELS[algorithm]:
+        return f"optimlab has no {backend} implementation of {algorithm}"
+    check = _AVAILABILITY.get(backend)
+    return check() if check is not None else None
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _device_type(params: list[torch.Tensor]) -> str:
+    return params[0].device.type if params else "cpu"
+
+
+def _default(algorithm: str, device_type: str) -> BackendChoice:
+    # Mirrors torch's rule until measured defaults exist: foreach on accelerators,
+    # the for-loop on the CPU (torch's foreach is often slower than its loop there).
+    if device_type != "cpu" and "foreach" in _KERNELS[algorithm]:
+        return BackendChoice("foreach", f"default on {device_type}")
+    return BackendChoice("forloop", f"default on {device_type}")
+
+
+def env_backend() -> str | None:
+    value = os.environ.get(ENV_VAR, "").strip().lower()
+    if not value:
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"{ENV_VAR}={value!r} is not a backend; valid: {', '.join(BACKENDS)}"
+        )
+    return value
+
+
+def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendChoice:
+    """Resolve the backend for one param group (see module docstring for the rules)."""
+    device_type = _device_type(params)
+    foreach, fused = group.get("foreach"), group.get("fused")
+    if group.get("differentiable", False):
+        return BackendChoice("forloop", "differentiable=True runs the for-loop reference")
+    if fused:
+        name = "triton" if device_type == "cuda" else "cpp"
+        why = _unavailable(algorithm, name)
+        if why is not None:
+            raise RuntimeError(
+                f"fused=True asks for the {name} backend on {device_type}, "
+                f"which is not available: {why}. Pass fused=None to use the default."
+            )
+        return BackendChoice(name, "fused=True")
+    if foreach:
+        if "foreach" not in _KERNELS[algorithm]:
+            raise RuntimeError(f"foreach=True: optimlab has no foreach {algorithm}")
+        return BackendChoice("foreach", "foreach=True")
+    if foreach is False or fused is False:
+        flag = "foreach" if foreach is False else "fused"
+        return BackendChoice("forloop", f"{flag}=False")
+    requested = env_backend()
+    default = _default(algorithm, device_type)
+    if requested is not None:
+        why = _unavailable(algorithm, requested)
+        if why is None:
+            return BackendChoice(requested, f"{ENV_VAR}={requested}")
+        warn_once(
+            f"env:{algorithm}:{requested}",
+            f"{ENV_VAR}={requested}: {why}; using {default.name} instead",
+        )
+        return BackendChoice(default.name, f"{ENV_VAR}={requested} unavailable ({why})")
+    return default

@@ -1,0 +1,269 @@
+"""Adam and AdamW (AdamW is Adam with ``decoupled_weight_decay=True``).
+
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g     = g + wd * p                     (coupled weight decay), or
+    p     = p * (1 - lr * wd)              (decoupled, AdamW)
+    m     = lerp(m, g, 1 - beta1)
+    v     = beta2 * v + (1 - beta2) * g^2
+    vmax  = max(vmax, v)                   (amsgrad; v below is vmax)
+    p     = p - step_size * m / (sqrt(v) / bc2_sqrt + eps)
+
+with ``step_size = lr / (1 - beta1^t)`` and ``bc2_sqrt = sqrt(1 - beta2^t)``,
+computed once by :func:`adam_scalars` and shared by every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._dispatch import register
+from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["Adam", "AdamW", "adam_scalars"]
+
+
+def adam_scalars(lr, beta1, beta2, step):
+    """``(step_size, bc2_sqrt)`` for step ``step`` (floats, or tensors when capturable)."""
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    return lr / bias_correction1, bias_correction2**0.5
+
+
+def _hparams(group):
+    beta1, beta2 = (_to_scalar(b) for b in group["betas"])
+    return _to_scalar(group["lr"]), beta1, beta2
+
+
+def _like(x, ref: Tensor):
+    """A Tensor hyperparameter on ``ref``'s device and dtype (floats pass through)."""
+    return x.to(device=ref.device, dtype=ref.dtype) if isinstance(x, Tensor) else x
+
+
+@register("adam", "forloop")
+def _adam_forloop(group, params, grads, state):
+    lr, beta1, beta2 = _hparams(group)
+    wd, eps = group["weight_decay"], group["eps"]
+    amsgrad, differentiable = group["amsgrad"], group["differentiable"]
+    tensor_math = group["capturable"] or differentiable
+    for i, param in enumerate(params):
+        grad = -grads[i] if group["maximize"] else grads[i]
+        exp_avg, exp_avg_sq, step_t = state["exp_avg"][i], state["exp_avg_sq"][i], state["step"][i]
+        step_t += 1
+        if wd != 0:
+            if group["decoupled_weight_decay"]:
+                param.mul_(1 - lr * wd)
+            else:
+                grad = grad.add(param, alpha=wd)
+        exp_avg.lerp_(grad, 1 - _like(beta1, param))
+        if isinstance(beta2, Tensor):
+            exp_avg_sq.mul_(_like(beta2, param)).addcmul_(grad, grad * (1 - _like(beta2, param)))
+        else:
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = step_t if tensor_math else _get_value(step_t)
+        step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, step)
+        if amsgrad:
+            max_sq = state["max_exp_avg_sq"][i]
+            # autograd needs the old max intact, hence the clone when differentiable
+            max_sq.copy_(torch.maximum(max_sq.clone() if differentiable else max_sq, exp_avg_sq))
+            exp_avg_sq = max_sq
+        denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
+        if isinstance(step_size, Tensor):
+            param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom / -step_size)
+        else:
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def foreach_increment(steps: list[Tensor]) -> None:
+    """``step += 1`` for a list of step counters (CPU counters take a CPU scalar tensor)."""
+    if steps and steps[0].is_cpu and not torch.compiler.is_compiling():
+        torch._foreach_add_(steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+@register("adam", "foreach")
+def _adam_foreach(group, params, grads, state):
+    lr, beta1, beta2 = _hparams(group)
+    wd, eps, amsgrad = group["weight_decay"], group["eps"], group["amsgrad"]
+    lists = [params, grads, state["exp_avg"], state["exp_avg_sq"], state["step"]]
+    if amsgrad:
+        lists.append(state["max_exp_avg_sq"])
+    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
+    for (p, g, m, v, steps, *vmax), _ in grouped.values():
+        ref = p[0]
+        if group["maximize"]:
+            g = torch._foreach_neg(g)
+        foreach_increment(steps)
+        if wd != 0:
+            if group["decoupled_weight_decay"]:
+                torch._foreach_mul_(p, 1 - lr * wd)
+            else:
+                g = torch._foreach_add(g, p, alpha=wd)
+        torch._foreach_lerp_(m, g, 1 - _like(beta1, ref))
+        torch._foreach_mul_(v, _like(beta2, ref))
+        if isinstance(beta2, Tensor):
+            torch._foreach_addcmul_(v, torch._foreach_mul(g, 1 - _like(beta2, ref)), g)
+        else:
+            torch._foreach_addcmul_(v, g, g, 1 - beta2)
+        del g
+        if amsgrad:
+            torch._foreach_maximum_(vmax[0], v)
+            v = vmax[0]
+        denom = torch._foreach_sqrt(v)
+        if group["capturable"]:
+            scalars = [adam_scalars(lr, beta1, beta2, s) for s in steps]
+            torch._foreach_div_(denom, [bc2 for _, bc2 in scalars])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_div_(denom, [-size for size, _ in scalars])
+            torch._foreach_addcdiv_(p, m, denom)
+        else:
+            lr_value = _get_value(lr)
+            scalars = [adam_scalars(lr_value, _get_value(beta1), _get_value(beta2), _get_value(s)) for s in steps]
+            torch._foreach_div_(denom, [bc2 for _, bc2 in scalars])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(p, m, denom, [-size for size, _ in scalars])
+
+
+def _check_tensor_hparam(name: str, value, foreach, capturable) -> None:
+    if isinstance(value, Tensor):
+        if foreach and not capturable:
+            raise ValueError(
+                f"{name} as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2014); with ``decoupled_weight_decay=True``, AdamW.
+
+    Same signature, defaults, errors and state (``step``, ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad) as ``torch.optim.Adam``.
+    See the module docstring for the update rule.
+    """
+
+    algorithm = "adam"
+    sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
+    setstate_defaults = {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        _check_tensor_hparam("betas[0]", betas[0], foreach, capturable)
+        _check_tensor_hparam("betas[1]", betas[1], foreach, capturable)
+        betas = tuple(map(_to_scalar, betas))
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        super().__init__(params, defaults)
+        if fused:
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            self._step_supports_amp_scaling = True
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+    def _init_state(self, group, p):
+        state = {"step": step_tensor(group, p), "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = zeros_like(p)
+        return state
+
+    def _state_keys(self, group):
+        keys = ("step", "exp_avg", "exp_avg_sq")
+        return keys + ("max_exp_avg_sq",) if group["amsgrad"] else keys
+
+    def _check_group(self, group, params):
+        if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
+            raise RuntimeError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
+
+    Same signature and defaults as ``torch.optim.AdamW`` (``weight_decay=1e-2``).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad,
+            foreach=foreach, maximize=maximize, capturable=capturable,
+            differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+        )
+
+    # Loading any state into AdamW keeps its weight decay decoupled (as torch does).
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,0 +1,160 @@
+"""The shared base of every optimlab optimizer.
+
+``optimlab.Optimizer`` is a ``torch.optim.Optimizer``: param groups, named
+params, hooks, ``state_dict``/``load_state_dict`` and ``zero_grad`` are torch's
+own, so checkpoints interoperate both ways. What it adds is one generic
+``step``:
+
+1. *plan*: for every group, pick the params with grads, check them and resolve
+   the backend. Nothing is mutated yet, so a step that raises leaves params and
+   state untouched.
+2. *run*: lazily create state, gather ``{state_key: [tensor per param]}``, view
+   complex tensors as real (as torch does), and call the registered update of
+   the chosen backend (see ``_dispatch``).
+
+A subclass declares its algorithm name, ``defaults``, ``_init_state`` and the
+state keys its update reads; the update functions live next to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (  # torch's private helpers, present in 2.11 .. 2.13
+    _get_scalar_dtype,
+    _get_value,
+    _to_scalar,
+    _use_grad_for_differentiable,
+    required,
+)
+
+from . import _dispatch
+
+__all__ = ["Optimizer", "required", "_get_scalar_dtype", "_get_value", "_to_scalar"]
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of optimlab optimizers (a subclass of ``torch.optim.Optimizer``)."""
+
+    #: key into the backend registry, e.g. "adam"
+    algorithm: ClassVar[str] = ""
+    #: message of the RuntimeError raised for sparse grads; None if they are accepted
+    sparse_grad_error: ClassVar[str | None] = None
+    #: complex params are updated through ``torch.view_as_real`` (torch's convention)
+    complex_as_real: ClassVar[bool] = True
+    #: group keys given defaults when old checkpoints are loaded (``__setstate__``)
+    setstate_defaults: ClassVar[dict[str, Any]] = {}
+
+    # ---- what a subclass provides -------------------------------------------------
+    def _init_state(self, group: dict, p: Tensor) -> dict[str, Any]:
+        """Fresh state for ``p`` (called when its state is empty)."""
+        raise NotImplementedError
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:
+        """State entries the update reads and writes, in ``_init_state`` order."""
+        raise NotImplementedError
+
+    def _check_group(self, group: dict, params: list[Tensor]) -> None:
+        """Raise for a group that cannot be stepped (before anything changes)."""
+
+    # ---- backend queries ------------------------------------------------------------
+    def backends(self) -> list[_dispatch.BackendChoice]:
+        """The backend each param group resolves to now, and why (one per group)."""
+        return [
+            _dispatch.resolve(self.algorithm, g, list(g["params"]))
+            for g in self.param_groups
+        ]
+
+    # ---- the generic step -----------------------------------------------------------
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], float] | None = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        self._accelerator_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = [self._plan(group) for group in self.param_groups]
+        for group, params, choice in plans:
+            if params:
+                self._run(group, params, choice)
+        return loss
+
+    def _plan(self, group: dict) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse and self.sparse_grad_error is not None:
+                raise RuntimeError(self.sparse_grad_error)
+            state = self.state.get(p)
+            if (
+                group.get("differentiable")
+                and state
+                and torch.is_tensor(state.get("step"))
+                and state["step"].requires_grad
+            ):
+                raise RuntimeError(
+                    "`requires_grad` is not supported for `step` in differentiable mode"
+                )
+        self._check_group(group, params)
+        choice = _dispatch.resolve(self.algorithm, group, params)
+        return group, params, choice
+
+    def _run(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice):
+        for p in params:
+            if len(self.state[p]) == 0:
+                self.state[p].update(self._init_state(group, p))
+        owners = list(params)
+        grads = [p.grad for p in params]
+        states = {k: [self.state[p].get(k) for p in params] for k in self._state_keys(group)}
+        is_complex = [self.complex_as_real and torch.is_complex(p) for p in params]
+        for i in (i for i, c in enumerate(is_complex) if c):
+            params[i] = torch.view_as_real(params[i])
+            grads[i] = torch.view_as_real(grads[i])
+            for lst in states.values():
+                if torch.is_tensor(lst[i]) and torch.is_complex(lst[i]):
+                    lst[i] = torch.view_as_real(lst[i])
+        passed = {k: list(v) for k, v in states.items()}
+        _dispatch.kernel(self.algorithm, choice.name)(group, params, grads, states)
+        # An update may create state lazily (SGD's momentum buffer): store it back.
+        for k, lst in states.items():
+            for i, new in enumerate(lst):
+                if new is None or new is passed[k][i]:
+                    continue
+                if is_complex[i] and not torch.is_complex(new):
+                    new = torch.view_as_complex(new)
+                self.state[owners[i]][k] = new
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.setstate_defaults.items():
+                group.setdefault(key, value)
+            # Older checkpoints store ``step`` as a Python number.
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if len(p_state) and "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    on_device = group.get("capturable") or group.get("fused")
+                    p_state["step"] = torch.tensor(
+                        float(p_state["step"]),
+                        dtype=_get_scalar_dtype(is_fused=group.get("fused")),
+                        device=p.device if on_device else None,
+                    )
+
+
+def step_tensor(group: dict, p: Tensor) -> Tensor:
+    """A fresh ``step`` counter laid out as torch lays it out."""
+    if group.get("capturable") or group.get("fused"):
+        return torch.zeros((), dtype=_get_scalar_dtype(is_fused=group.get("fused")), device=p.device)
+    return torch.tensor(0.0, dtype=_get_scalar_dtype())
+
+
+def zeros_like(p: Tensor) -> Tensor:
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
