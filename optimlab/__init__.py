@@ -8,13 +8,19 @@ from ._dispatch import BackendChoice
 from .adam import Adam, AdamW
 from .optimizer import Optimizer
 
-__version__ = "0.1.0"
+# Optimizers being written concurrently; each module's __all__ names its class.
+from .adadelta import *  # noqa: F401,F403
+from .adafactor import *  # noqa: F401,F403
+from .adagrad import *  # noqa: F401,F403
+from .adamax import *  # noqa: F401,F403
+from .asgd import *  # noqa: F401,F403
+from .lbfgs import *  # noqa: F401,F403
+from .muon import *  # noqa: F401,F403
+from .nadam import *  # noqa: F401,F403
+from .radam import *  # noqa: F401,F403
+from .rmsprop import *  # noqa: F401,F403
+from .rprop import *  # noqa: F401,F403
+from .sgd import *  # noqa: F401,F403
+from .sparse_adam import *  # noqa: F401,F403
 
-__all__ = [
-    "Adam",
-    "AdamW",
-    "BackendChoice",
-    "Optimizer",
-    "lr_scheduler",
-    "swa_utils",
-]
+__version__ = "0.1.0"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._common import by_device_and_dtype, foreach_increment, like
 from ._dispatch import register
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 
@@ -36,11 +37,6 @@ def _hparams(group):
     return _to_scalar(group["lr"]), beta1, beta2
 
 
-def _like(x, ref: Tensor):
-    """A Tensor hyperparameter on ``ref``'s device and dtype (floats pass through)."""
-    return x.to(device=ref.device, dtype=ref.dtype) if isinstance(x, Tensor) else x
-
-
 @register("adam", "forloop")
 def _adam_forloop(group, params, grads, state):
     lr, beta1, beta2 = _hparams(group)
@@ -56,9 +52,9 @@ def _adam_forloop(group, params, grads, state):
                 param.mul_(1 - lr * wd)
             else:
                 grad = grad.add(param, alpha=wd)
-        exp_avg.lerp_(grad, 1 - _like(beta1, param))
+        exp_avg.lerp_(grad, 1 - like(beta1, param))
         if isinstance(beta2, Tensor):
-            exp_avg_sq.mul_(_like(beta2, param)).addcmul_(grad, grad * (1 - _like(beta2, param)))
+            exp_avg_sq.mul_(like(beta2, param)).addcmul_(grad, grad * (1 - like(beta2, param)))
         else:
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step = step_t if tensor_math else _get_value(step_t)
@@ -75,14 +71,6 @@ def _adam_forloop(group, params, grads, state):
             param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
-def foreach_increment(steps: list[Tensor]) -> None:
-    """``step += 1`` for a list of step counters (CPU counters take a CPU scalar tensor)."""
-    if steps and steps[0].is_cpu and not torch.compiler.is_compiling():
-        torch._foreach_add_(steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
-    else:
-        torch._foreach_add_(steps, 1)
-
-
 @register("adam", "foreach")
 def _adam_foreach(group, params, grads, state):
     lr, beta1, beta2 = _hparams(group)
@@ -90,8 +78,7 @@ def _adam_foreach(group, params, grads, state):
     lists = [params, grads, state["exp_avg"], state["exp_avg_sq"], state["step"]]
     if amsgrad:
         lists.append(state["max_exp_avg_sq"])
-    grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
-    for (p, g, m, v, steps, *vmax), _ in grouped.values():
+    for p, g, m, v, steps, *vmax in by_device_and_dtype(lists):
         ref = p[0]
         if group["maximize"]:
             g = torch._foreach_neg(g)
@@ -101,10 +88,10 @@ def _adam_foreach(group, params, grads, state):
                 torch._foreach_mul_(p, 1 - lr * wd)
             else:
                 g = torch._foreach_add(g, p, alpha=wd)
-        torch._foreach_lerp_(m, g, 1 - _like(beta1, ref))
-        torch._foreach_mul_(v, _like(beta2, ref))
+        torch._foreach_lerp_(m, g, 1 - like(beta1, ref))
+        torch._foreach_mul_(v, like(beta2, ref))
         if isinstance(beta2, Tensor):
-            torch._foreach_addcmul_(v, torch._foreach_mul(g, 1 - _like(beta2, ref)), g)
+            torch._foreach_addcmul_(v, torch._foreach_mul(g, 1 - like(beta2, ref)), g)
         else:
             torch._foreach_addcmul_(v, g, g, 1 - beta2)
         del g
@@ -219,9 +206,9 @@ class Adam(Optimizer):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
     def _init_state(self, group, p):
-        state = {"step": step_tensor(group, p), "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
+        state = {"step": step_tensor(group, p), "exp_avg": zeroslike(p), "exp_avg_sq": zeroslike(p)}
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = zeros_like(p)
+            state["max_exp_avg_sq"] = zeroslike(p)
         return state
 
     def _state_keys(self, group):

@@ -9,7 +9,9 @@ torch itself is the oracle for the exception type and message).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -111,6 +113,14 @@ EXTRA: dict[str, list[Config]] = {
         Config("Tensor lr", dict(lr=T(0.01), weight_decay=0.2)),
     ],
 }
+
+# Each tests/extra_<family>.py adds {name: [Config, ...]} for its optimizers.
+for _path in sorted(Path(__file__).parent.glob("extra_*.py")):
+    _spec = importlib.util.spec_from_file_location(_path.stem, _path)
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    for _name, _configs in _mod.EXTRA.items():
+        EXTRA.setdefault(_name, []).extend(_configs)
 
 _PROBLEM = {"Muon": "matrix", "SparseAdam": "sparse"}
 _STEPS = {"LBFGS": 3}
