@@ -206,9 +206,9 @@ class Adam(Optimizer):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
     def _init_state(self, group, p):
-        state = {"step": step_tensor(group, p), "exp_avg": zeroslike(p), "exp_avg_sq": zeroslike(p)}
+        state = {"step": step_tensor(group, p), "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = zeroslike(p)
+            state["max_exp_avg_sq"] = zeros_like(p)
         return state
 
     def _state_keys(self, group):

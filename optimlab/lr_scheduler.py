@@ -201,9 +201,11 @@ def _initial_mode(scheduler):
     return _flag(scheduler, "_is_initial")
 
 
-def _warn_get_lr_called_within_step(scheduler) -> None:
+def _warn_get_lr_called_within_step(scheduler, stacklevel: int = 2) -> None:
+    """Warn when ``get_lr()`` is called from outside ``step()`` (torch's
+    stacklevel: the warning points at ``get_lr``)."""
     if not scheduler._get_lr_called_within_step:
-        warnings.warn(_GET_LR_WARNING, UserWarning, stacklevel=3)
+        warnings.warn(_GET_LR_WARNING, UserWarning, stacklevel=stacklevel)
 
 
 # ------------------------------------------------------------------------ base
