@@ -84,11 +84,30 @@ def _device_type(params: list[torch.Tensor]) -> str:
     return params[0].device.type if params else "cpu"
 
 
+# Preferred backends per device type, fastest first; the first one implemented for
+# the algorithm and available here is the default. (Issue 6 replaces this with a
+# measured table.) A preferred optional backend (triton, cpp) that cannot run here is
+# skipped with one warning.
+DEFAULT_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "cpu": ("cpp", "foreach", "forloop"),
+    "cuda": ("triton", "foreach", "forloop"),
+}
+_OPTIONAL = ("triton", "cpp")
+
+
 def _default(algorithm: str, device_type: str) -> BackendChoice:
-    # Mirrors torch's rule until measured defaults exist: foreach on accelerators,
-    # the for-loop on the CPU (torch's foreach is often slower than its loop there).
-    if device_type != "cpu" and "foreach" in _KERNELS[algorithm]:
-        return BackendChoice("foreach", f"default on {device_type}")
+    order = DEFAULT_PREFERENCE.get(device_type, ("foreach", "forloop"))
+    skipped = []
+    for name in order:
+        why = _unavailable(algorithm, name)
+        if why is None:
+            reason = f"default on {device_type}"
+            if skipped:
+                reason += f" ({'; '.join(skipped)})"
+            return BackendChoice(name, reason)
+        if name in _OPTIONAL and name in _KERNELS[algorithm]:
+            warn_once(f"default:{name}", f"optimlab: {why}; falling back to the next backend")
+            skipped.append(why)
     return BackendChoice("forloop", f"default on {device_type}")
 
 
