@@ -92,7 +92,7 @@ DEFAULT_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("cpp", "foreach", "forloop"),
     "cuda": ("triton", "foreach", "forloop"),
 }
-_OPTIONAL = ("triton", "cpp")
+FUSED_BACKENDS = ("triton", "cpp")  # take grad_scale/found_inf; optional parts
 
 
 def _default(algorithm: str, device_type: str) -> BackendChoice:
@@ -105,7 +105,7 @@ def _default(algorithm: str, device_type: str) -> BackendChoice:
             if skipped:
                 reason += f" ({'; '.join(skipped)})"
             return BackendChoice(name, reason)
-        if name in _OPTIONAL and name in _KERNELS[algorithm]:
+        if name in FUSED_BACKENDS and name in _KERNELS[algorithm]:
             warn_once(f"default:{name}", f"optimlab: {why}; falling back to the next backend")
             skipped.append(why)
     return BackendChoice("forloop", f"default on {device_type}")

@@ -10,7 +10,9 @@ own, so checkpoints interoperate both ways. What it adds is one generic
    state untouched.
 2. *run*: lazily create state, gather ``{state_key: [tensor per param]}``, view
    complex tensors as real (as torch does), and call the registered update of
-   the chosen backend (see ``_dispatch``).
+   the chosen backend (see ``_dispatch``): ``update(group, params, grads, state)``;
+   fused backends (triton, cpp) also get ``grad_scale=`` and ``found_inf=`` from
+   ``torch.amp.GradScaler`` (None otherwise).
 
 A subclass declares its algorithm name, ``defaults``, ``_init_state`` and the
 state keys its update reads; the update functions live next to it.
@@ -121,7 +123,15 @@ class Optimizer(torch.optim.Optimizer):
                 if torch.is_tensor(lst[i]) and torch.is_complex(lst[i]):
                     lst[i] = torch.view_as_real(lst[i])
         passed = {k: list(v) for k, v in states.items()}
-        _dispatch.kernel(self.algorithm, choice.name)(group, params, grads, states)
+        update = _dispatch.kernel(self.algorithm, choice.name)
+        if choice.name in _dispatch.FUSED_BACKENDS:
+            # torch.amp.GradScaler sets these on optimizers with _step_supports_amp_scaling;
+            # fused updates unscale inside the kernel and skip the step where found_inf.
+            update(group, params, grads, states,
+                   grad_scale=getattr(self, "grad_scale", None),
+                   found_inf=getattr(self, "found_inf", None))
+        else:
+            update(group, params, grads, states)
         # An update may create state lazily (SGD's momentum buffer): store it back.
         for k, lst in states.items():
             for i, new in enumerate(lst):
