@@ -3,7 +3,7 @@
 Change ``import torch.optim as optim`` to ``import optimlab as optim``.
 """
 
-# from . import lr_scheduler, swa_utils
+from . import lr_scheduler, swa_utils
 from ._dispatch import BackendChoice
 from .adam import Adam, AdamW
 from .optimizer import Optimizer

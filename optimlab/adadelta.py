@@ -1,3 +1,145 @@
-"""Placeholder: being written."""
+"""Adadelta (Zeiler, 2012).
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g     = g + wd * p
+    v     = rho * v + (1 - rho) * g^2                     (square_avg)
+    delta = sqrt(u + eps) / sqrt(v + eps) * g
+    u     = rho * u + (1 - rho) * delta^2                 (acc_delta)
+    p     = p - lr * delta
+
+There is no per-step scalar math beyond ``lr``; the shared piece is
+:func:`signed_decayed_grads`, the foreach form of ``g = -grad; g += wd * p``
+that Adamax and ASGD reuse.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["Adadelta"]
+
+
+def signed_decayed_grads(grads, params, maximize: bool, weight_decay: float):
+    """Foreach ``g = -grad if maximize``; ``g = g + wd * p``, copying the grads at most once.
+
+    Returns ``(g, owned)``: ``owned`` tells whether ``g`` is a fresh copy the
+    caller may update in place (``False``: ``g`` is the grads themselves).
+    """
+    owned = maximize
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        if owned:
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            grads, owned = torch._foreach_add(grads, params, alpha=weight_decay), True
+    return grads, owned
+
+
+@register("adadelta", "forloop")
+def _adadelta_forloop(group, params, grads, state):
+    lr, rho, eps, wd = _to_scalar(group["lr"]), group["rho"], group["eps"], group["weight_decay"]
+    lists = (params, grads, state["square_avg"], state["acc_delta"], state["step"])
+    for param, grad, square_avg, acc_delta, step_t in zip(*lists):
+        step_t += 1
+        grad = -grad if group["maximize"] else grad
+        if wd != 0:
+            grad = grad.add(param, alpha=wd)
+        square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        std = square_avg.add(eps).sqrt_()
+        delta = acc_delta.add(eps).sqrt_()
+        if group["differentiable"]:
+            delta = delta.clone()
+        delta.div_(std).mul_(grad)
+        acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+        param.add_(delta, alpha=-lr)
+
+
+@register("adadelta", "foreach")
+def _adadelta_foreach(group, params, grads, state):
+    lr, rho, eps = _to_scalar(group["lr"]), group["rho"], group["eps"]
+    lists = [params, grads, state["square_avg"], state["acc_delta"], state["step"]]
+    for p, g, v, u, steps in by_device_and_dtype(lists):
+        foreach_increment(steps)
+        g, _ = signed_decayed_grads(g, p, group["maximize"], group["weight_decay"])
+        torch._foreach_mul_(v, rho)
+        torch._foreach_addcmul_(v, g, g, value=1 - rho)
+        std = torch._foreach_add(v, eps)
+        torch._foreach_sqrt_(std)
+        deltas = torch._foreach_add(u, eps)
+        torch._foreach_sqrt_(deltas)
+        torch._foreach_div_(deltas, std)
+        torch._foreach_mul_(deltas, g)
+        del g, std
+        torch._foreach_mul_(u, rho)
+        torch._foreach_addcmul_(u, deltas, deltas, value=1 - rho)
+        if group["capturable"] and isinstance(lr, Tensor):
+            torch._foreach_mul_(deltas, -lr)
+            torch._foreach_add_(p, deltas)
+        else:
+            torch._foreach_add_(p, deltas, alpha=-lr)
+
+
+class Adadelta(Optimizer):
+    """Adadelta (Zeiler, 2012).
+
+    Same signature, defaults, errors and state (``step``, ``square_avg``,
+    ``acc_delta``) as ``torch.optim.Adadelta``. See the module docstring for
+    the update rule.
+    """
+
+    algorithm = "adadelta"
+    sparse_grad_error = "Adadelta does not support sparse gradients"
+    setstate_defaults = {
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        capturable: bool = False,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            rho=rho,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            capturable=capturable,
+            foreach=foreach,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, group, p):
+        return {"step": step_tensor(group, p), "square_avg": zeros_like(p), "acc_delta": zeros_like(p)}
+
+    def _state_keys(self, group):
+        return ("step", "square_avg", "acc_delta")

@@ -1,3 +1,199 @@
-"""Placeholder: being written."""
+"""Adafactor (Shazeer & Stern, 2018), as torch.optim.Adafactor implements it.
 
-__all__: list[str] = []
+Update rule at step t (g = -grad if maximize)::
+
+    one_minus_beta2_t = t ** beta2_decay
+    rho_t = min(lr, 1 / sqrt(t))
+    alpha = max(eps2, RMS(p)) * rho_t               (RMS of p before weight decay)
+    p     = p * (1 - lr * wd)                       (decoupled weight decay)
+    if p.dim() > 1 (factored over the last two dims):
+        R = lerp(R, mean(g^2, dim=-1), one_minus_beta2_t)      (row_var)
+        C = lerp(C, mean(g^2, dim=-2), one_minus_beta2_t)      (col_var)
+        V = (R @ C) / max(mean(R, dim=-2), eps1)
+    else:
+        V = lerp(V, g^2, one_minus_beta2_t)                    (variance)
+    U     = g / sqrt(max(V, eps1^2))
+    p     = p - alpha / max(1, RMS(U) / d) * U
+
+``eps1=None`` means ``finfo(dtype).eps`` of the group's first param. The scalars
+come from :func:`adafactor_scalars` and :func:`clip_denominator`, and the
+factored estimate from :func:`factored_variance`, shared by every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["Adafactor"]
+
+
+def adafactor_scalars(lr, beta2_decay: float, eps2: float, step: float, param: Tensor):
+    """``(one_minus_beta2_t, alpha)`` for step ``step`` (alpha from ``param`` before weight decay)."""
+    rho_t = min(lr, 1 / (step**0.5))
+    alpha = max(eps2, param.norm(2).item() / (param.numel() ** 0.5)) * rho_t
+    return step**beta2_decay, alpha
+
+
+def clip_denominator(update: Tensor, d: float) -> float:
+    """``max(1, RMS(update) / d)``: update clipping."""
+    return max(1.0, update.norm(2).item() / ((update.numel() ** 0.5) * d))
+
+
+def mean_sq(grad: Tensor, dim: int) -> Tensor:
+    """``(grad * grad).mean(dim, keepdim=True)`` without materializing ``grad * grad``."""
+    return torch.norm(grad, dim=dim, keepdim=True).square_().div_(grad.size(dim))
+
+
+def factored_variance(row_var: Tensor, col_var: Tensor, eps1: float) -> Tensor:
+    """The rank-1 second-moment estimate from the row and column factors (a new tensor)."""
+    return (row_var @ col_var).div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
+
+
+def _eps1(group, params):
+    eps1 = group["eps"][0]
+    return torch.finfo(params[0].dtype).eps if eps1 is None else eps1
+
+
+@register("adafactor", "forloop")
+def _adafactor_forloop(group, params, grads, state):
+    lr, wd, d, eps1 = _to_scalar(group["lr"]), group["weight_decay"], group["d"], _eps1(group, params)
+    for i, param in enumerate(params):
+        grad = -grads[i] if group["maximize"] else grads[i]
+        step_t = state["step"][i]
+        step_t += 1
+        one_minus_beta2_t, alpha = adafactor_scalars(lr, group["beta2_decay"], group["eps"][1], step_t.item(), param)
+        if wd != 0:
+            param.mul_(1 - lr * wd)
+        if grad.dim() > 1:
+            row_var, col_var = state["row_var"][i], state["col_var"][i]
+            row_var.lerp_(mean_sq(grad, -1), one_minus_beta2_t)
+            col_var.lerp_(mean_sq(grad, -2), one_minus_beta2_t)
+            var_estimate = factored_variance(row_var, col_var, eps1)
+        else:
+            variance = state["variance"][i]
+            variance.lerp_(grad * grad, one_minus_beta2_t)
+            var_estimate = variance.clone()
+        update = var_estimate.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
+        param.add_(update, alpha=-alpha / clip_denominator(update, d))
+
+
+@register("adafactor", "foreach")
+def _adafactor_foreach(group, params, grads, state):
+    lr, wd, d, eps1 = _to_scalar(group["lr"]), group["weight_decay"], group["d"], _eps1(group, params)
+    lists = [params, grads, state["row_var"], state["col_var"], state["variance"], state["step"]]
+    for bucket in by_device_and_dtype(lists):
+        # torch further splits each bucket into factored (dim > 1) and vector params
+        for factored in (True, False):
+            keep = [j for j, g in enumerate(bucket[1]) if (g.dim() > 1) == factored]
+            if not keep:
+                continue
+            p, g, row_vars, col_vars, variances, steps = ([lst[j] for j in keep] for lst in bucket)
+            if group["maximize"]:
+                g = torch._foreach_neg(g)
+            foreach_increment(steps)
+            scalars = [
+                adafactor_scalars(lr, group["beta2_decay"], group["eps"][1], s.item(), x)
+                for s, x in zip(steps, p)
+            ]
+            one_minus_beta2_ts = [b for b, _ in scalars]
+            if wd != 0:
+                torch._foreach_mul_(p, 1 - lr * wd)
+            if factored:
+                torch._foreach_lerp_(row_vars, [mean_sq(x, -1) for x in g], one_minus_beta2_ts)
+                torch._foreach_lerp_(col_vars, [mean_sq(x, -2) for x in g], one_minus_beta2_ts)
+                var_estimates = [factored_variance(r, c, eps1) for r, c in zip(row_vars, col_vars)]
+            else:
+                torch._foreach_lerp_(variances, torch._foreach_mul(g, g), one_minus_beta2_ts)
+                var_estimates = [v.clone() for v in variances]
+            torch._foreach_clamp_min_(var_estimates, eps1 * eps1)
+            torch._foreach_rsqrt_(var_estimates)
+            torch._foreach_mul_(var_estimates, g)
+            alphas = [-a / clip_denominator(u, d) for (_, a), u in zip(scalars, var_estimates)]
+            torch._foreach_mul_(var_estimates, alphas)
+            torch._foreach_add_(p, var_estimates)
+
+
+class Adafactor(Optimizer):
+    """Adafactor with torch's lr and eps1 conventions.
+
+    Same signature, defaults, errors and state (``step``, then ``row_var`` and
+    ``col_var`` for params of 2 or more dims, else ``variance``) as
+    ``torch.optim.Adafactor``. See the module docstring for the update rule.
+    """
+
+    algorithm = "adafactor"
+    complex_as_real = False  # refused in _check_group, as torch refuses them
+    setstate_defaults = {"foreach": None}
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+        if not 0.0 >= beta2_decay:
+            raise ValueError(f"beta2_decay should be <= 0 but is: {beta2_decay}")
+        if eps[0] is not None and not 0.0 <= eps[0]:
+            raise ValueError(f"epsilon1 should be >= 0 but is: {eps[0]}")
+        if not 0.0 <= eps[1]:
+            raise ValueError(f"epsilon2 should be >= 0 but is: {eps[1]}")
+        if not 1.0 <= d:
+            raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            beta2_decay=beta2_decay,
+            eps=eps,
+            d=d,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+    # torch's Adafactor has no `differentiable` flag, which the base step reads.
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        return Optimizer.step.__wrapped__(self, closure)
+
+    def _init_state(self, group, p):
+        state = {"step": step_tensor(group, p)}
+        grad = p.grad
+        if grad.dim() > 1:
+            state["row_var"] = grad.new_zeros((*grad.shape[:-1], 1))
+            state["col_var"] = grad.new_zeros((*grad.shape[:-2], 1, grad.shape[-1]))
+        else:
+            state["variance"] = zeros_like(grad)
+        return state
+
+    def _state_keys(self, group):
+        return ("step", "row_var", "col_var", "variance")
+
+    def _check_group(self, group, params):
+        for p in params:  # torch's order: per param, complex then sparse
+            if torch.is_complex(p):
+                raise RuntimeError("Adafactor does not support complex parameters")
+            if p.grad.is_sparse:
+                raise RuntimeError("Adafactor does not support sparse gradients")

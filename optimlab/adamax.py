@@ -1,3 +1,144 @@
-"""Placeholder: being written."""
+"""Adamax (Kingma & Ba, 2014), Adam with the infinity norm.
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g     = g + wd * p
+    m     = lerp(m, g, 1 - beta1)                 (exp_avg)
+    u     = max(beta2 * u, |g| + eps)             (exp_inf)
+    p     = p - lr / (1 - beta1^t) * m / u
+
+The bias correction ``1 - beta1^t`` comes from :func:`adamax_bias_correction`,
+shared by every backend (Python floats, or tensors when capturable, where the
+step is applied as ``m / (u * (-bc / lr))`` as torch does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .adadelta import signed_decayed_grads
+from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["Adamax"]
+
+
+def adamax_bias_correction(beta1, step):
+    """``1 - beta1^step`` (a float, or a tensor when ``step`` is one)."""
+    return 1 - beta1**step
+
+
+def _neg_inv_step_size(lr, beta1, step_t: Tensor) -> Tensor:
+    """Capturable: ``-(1 - beta1^t) / lr`` as a tensor, i.e. ``-1 / step_size``."""
+    return (-adamax_bias_correction(beta1, step_t)).div_(lr)
+
+
+@register("adamax", "forloop")
+def _adamax_forloop(group, params, grads, state):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    eps, wd = group["eps"], group["weight_decay"]
+    lists = (params, grads, state["exp_avg"], state["exp_inf"], state["step"])
+    for param, grad, exp_avg, exp_inf, step_t in zip(*lists):
+        grad = -grad if group["maximize"] else grad
+        step_t += 1
+        if wd != 0:
+            grad = grad.add(param, alpha=wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        if group["differentiable"]:  # autograd through max: stack both candidates, amax
+            both = torch.cat([exp_inf.mul_(beta2).unsqueeze(0), grad.abs().add_(eps).unsqueeze_(0)], 0)
+            exp_inf.copy_(torch.amax(both, 0, keepdim=False))
+        else:
+            torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
+        if group["capturable"]:
+            param.addcdiv_(exp_avg, exp_inf * _neg_inv_step_size(lr, beta1, step_t))
+        else:
+            step_size = lr / adamax_bias_correction(beta1, _get_value(step_t))
+            param.addcdiv_(exp_avg, exp_inf, value=-step_size)
+
+
+@register("adamax", "foreach")
+def _adamax_foreach(group, params, grads, state):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    lists = [params, grads, state["exp_avg"], state["exp_inf"], state["step"]]
+    for p, g, m, u, steps in by_device_and_dtype(lists):
+        foreach_increment(steps)
+        g, owned = signed_decayed_grads(g, p, group["maximize"], group["weight_decay"])
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(u, beta2)
+        if owned:
+            torch._foreach_abs_(g)
+        else:
+            g = torch._foreach_abs(g)
+        torch._foreach_add_(g, group["eps"])
+        torch._foreach_maximum_(u, g)
+        del g
+        if group["capturable"]:
+            denom = torch._foreach_mul(u, [_neg_inv_step_size(lr, beta1, s) for s in steps])
+            torch._foreach_addcdiv_(p, m, denom)
+        else:
+            lr_value = _get_value(lr)
+            step_sizes = [-(lr_value / adamax_bias_correction(beta1, _get_value(s))) for s in steps]
+            torch._foreach_addcdiv_(p, m, u, step_sizes)
+
+
+class Adamax(Optimizer):
+    """Adamax, the infinity-norm variant of Adam (Kingma & Ba, 2014).
+
+    Same signature, defaults, errors and state (``step``, ``exp_avg``,
+    ``exp_inf``) as ``torch.optim.Adamax``. See the module docstring for the
+    update rule.
+    """
+
+    algorithm = "adamax"
+    sparse_grad_error = "Adamax does not support sparse gradients"
+    setstate_defaults = {
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, group, p):
+        return {"step": step_tensor(group, p), "exp_avg": zeros_like(p), "exp_inf": zeros_like(p)}
+
+    def _state_keys(self, group):
+        return ("step", "exp_avg", "exp_inf")

@@ -1,3 +1,177 @@
-"""Placeholder: being written."""
+"""ASGD: averaged stochastic gradient descent (Polyak & Juditsky, 1992).
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g   = g + wd * p
+    p   = p * (1 - lambd * eta) - eta * g     (for-loop; foreach: p - eta * (g + lambd * p))
+    ax  = ax + mu * (p - ax)                  (for-loop: ax = p while mu == 1)
+    eta = lr / (1 + lambd * lr * t)^alpha
+    mu  = 1 / max(1, t - t0)
+
+``eta`` and ``mu`` are per-param 0-dim tensors of the default scalar dtype on
+the param's device, as are ``step``. They come from :func:`asgd_eta` and
+:func:`asgd_mu`, shared by every backend. Mirroring torch, the for-loop
+evaluates them on Python floats (``t`` taken with ``.item()``) and the foreach
+backend evaluates ``eta`` on the step tensor (in its dtype) and ``mu`` on
+floats; capturable evaluates both on the step tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .adadelta import signed_decayed_grads
+from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
+
+__all__ = ["ASGD"]
+
+
+def asgd_eta(lr, lambd, alpha, step):
+    """The step size after ``step`` steps (float, or tensor for a Tensor ``lr``/``step``)."""
+    return lr / ((1 + lambd * lr * step) ** alpha)
+
+
+def asgd_mu(t0, step):
+    """The averaging weight after ``step`` steps (float, or tensor for a Tensor ``step``)."""
+    if isinstance(step, Tensor):
+        return 1 / torch.maximum(step - t0, torch.ones_like(step))
+    return 1 / max(1, step - t0)
+
+
+def _hparams(group):
+    return _to_scalar(group["lr"]), group["lambd"], group["alpha"], group["t0"]
+
+
+@register("asgd", "forloop")
+def _asgd_forloop(group, params, grads, state):
+    lr, lambd, alpha, t0 = _hparams(group)
+    wd, capturable = group["weight_decay"], group["capturable"]
+    lists = (params, grads, state["ax"], state["mu"], state["eta"], state["step"])
+    for param, grad, ax, mu, eta, step_t in zip(*lists):
+        grad = -grad if group["maximize"] else grad
+        step_t += 1
+        if wd != 0:
+            grad = grad.add(param, alpha=wd)
+        if capturable:
+            param.mul_(1 - lambd * eta)
+            param.addcmul_(grad, eta, value=-1)
+        else:
+            eta_value = _get_value(eta)
+            param.mul_(1 - lambd * eta_value)
+            param.add_(grad, alpha=-eta_value)
+        if capturable or mu.item() != 1:
+            ax.add_(param.sub(ax).mul_(mu))
+        else:
+            ax.copy_(param)
+        if capturable:
+            eta.copy_(asgd_eta(lr, lambd, alpha, step_t))
+            mu.copy_(asgd_mu(t0, step_t))
+        else:
+            step = _get_value(step_t)
+            eta.copy_(torch.as_tensor(asgd_eta(lr, lambd, alpha, step)))
+            mu.copy_(torch.as_tensor(asgd_mu(t0, step)))
+
+
+@register("asgd", "foreach")
+def _asgd_foreach(group, params, grads, state):
+    lr, lambd, alpha, t0 = _hparams(group)
+    lists = [params, grads, state["ax"], state["mu"], state["eta"], state["step"]]
+    for p, g, ax, mu, eta, steps in by_device_and_dtype(lists):
+        device = p[0].device
+        foreach_increment(steps)
+        g, owned = signed_decayed_grads(g, p, group["maximize"], group["weight_decay"])
+        if owned:
+            torch._foreach_add_(g, p, alpha=lambd)
+        else:
+            g = torch._foreach_add(g, p, alpha=lambd)
+        torch._foreach_addcmul_(p, g, eta, value=-1)
+        del g
+        torch._foreach_addcmul_(ax, torch._foreach_sub(p, ax), mu)
+        if group["capturable"]:
+            torch._foreach_copy_(mu, [asgd_mu(t0, s) for s in steps])
+            torch._foreach_copy_(eta, [asgd_eta(lr, lambd, alpha, s) for s in steps])
+        else:
+            etas = [torch.as_tensor(asgd_eta(lr, lambd, alpha, s), device=device) for s in steps]
+            mus = [torch.as_tensor(asgd_mu(t0, _get_value(s)), device=device) for s in steps]
+            torch._foreach_copy_(eta, etas)
+            torch._foreach_copy_(mu, mus)
+
+
+class ASGD(Optimizer):
+    """Averaged Stochastic Gradient Descent.
+
+    Same signature, defaults, errors and state (``step``, ``eta``, ``mu``,
+    ``ax``) as ``torch.optim.ASGD``. See the module docstring for the update
+    rule.
+    """
+
+    algorithm = "asgd"
+    sparse_grad_error = "ASGD does not support sparse gradients"
+    setstate_defaults = {
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        lambd: float = 1e-4,
+        alpha: float = 0.75,
+        t0: float = 1e6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            lambd=lambd,
+            alpha=alpha,
+            t0=t0,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, group, p):
+        scalar = dict(device=p.device, dtype=_get_scalar_dtype())
+        return {
+            "step": torch.zeros((), **scalar),
+            "eta": torch.as_tensor(_to_scalar(group["lr"]), **scalar).clone().detach(),
+            "mu": torch.ones((), **scalar),
+            "ax": zeros_like(p),
+        }
+
+    def _state_keys(self, group):
+        return ("step", "eta", "mu", "ax")
+
+    def __setstate__(self, state):
+        # Unlike the other optimizers, torch keeps ASGD's scalars on the param's
+        # device even when not capturable; old checkpoints hold Python numbers.
+        for group in state.get("param_groups", ()):
+            for p in group["params"]:
+                p_state = state.get("state", {}).get(p, {})
+                for key in ("step", "eta", "mu") if len(p_state) else ():
+                    if key in p_state and not torch.is_tensor(p_state[key]):
+                        p_state[key] = torch.tensor(
+                            float(p_state[key]) if key == "step" else p_state[key],
+                            dtype=_get_scalar_dtype(),
+                            device=p.device,
+                        )
+        super().__setstate__(state)

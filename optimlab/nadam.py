@@ -1,3 +1,241 @@
-"""Placeholder: being written."""
+"""NAdam (Adam with Nesterov momentum); with ``decoupled_weight_decay=True``, NAdamW.
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g      = g + wd * p                    (coupled weight decay), or
+    p      = p * (1 - lr * wd)             (decoupled)
+    mu_t   = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+    mu_t1  = beta1 * (1 - 0.5 * 0.96^((t + 1) * momentum_decay))
+    prod   = prod * mu_t                   (state ``mu_product``, a scalar tensor)
+    m      = lerp(m, g, 1 - beta1)
+    v      = beta2 * v + (1 - beta2) * g^2
+    denom  = sqrt(v / (1 - beta2^t)) + eps
+    p      = p + grad_step * g / denom + exp_avg_step * m / denom
+
+with ``grad_step = -lr * (1 - mu_t) / (1 - prod)`` and
+``exp_avg_step = -lr * mu_t1 / (1 - prod * mu_t1)``, computed once per param by
+:func:`nadam_scalars` and shared by every backend (with tensors when capturable or
+differentiable, as torch does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_capturable_supported_devices
+
+from . import _dispatch
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["NAdam", "nadam_scalars", "check_capturable_devices", "check_foreach_differentiable"]
+
+
+def nadam_scalars(lr, beta1, beta2, momentum_decay, step, mu_product, tensor_math=False):
+    """Advance ``mu_product`` (the state tensor, in place) by mu_t; return the step's scalars.
+
+    Returns ``(bias_correction2, grad_step, exp_avg_step)``. ``step`` is a float, or the
+    step tensor when capturable. With ``tensor_math`` (capturable/differentiable) the
+    step sizes are computed from the ``mu_product`` tensor itself, else from its value:
+    either way after its rounding to the state's dtype, exactly as torch does.
+    """
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product *= mu
+    prod = mu_product if tensor_math else _get_value(mu_product)
+    grad_step = -lr * (1.0 - mu) / (1.0 - prod)
+    exp_avg_step = -lr * mu_next / (1.0 - prod * mu_next)
+    return 1 - beta2**step, grad_step, exp_avg_step
+
+
+def _weight_decay(group, lr, params, grads, foreach):
+    """Apply weight decay (decoupled: to ``params`` in place; else returns new grads)."""
+    wd = group["weight_decay"]
+    if wd == 0:
+        return grads
+    if group["decoupled_weight_decay"]:
+        if foreach:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        else:
+            params.mul_(1 - lr * wd)
+        return grads
+    return torch._foreach_add(grads, params, alpha=wd) if foreach else grads.add(params, alpha=wd)
+
+
+@register("nadam", "forloop")
+def _nadam_forloop(group, params, grads, state):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    eps, md = group["eps"], group["momentum_decay"]
+    differentiable, capturable = group["differentiable"], group["capturable"]
+    tensor_math = differentiable or capturable
+    for i, param in enumerate(params):
+        grad = -grads[i] if group["maximize"] else grads[i]
+        exp_avg, exp_avg_sq, step_t = state["exp_avg"][i], state["exp_avg_sq"][i], state["step"][i]
+        step_t += 1
+        step = step_t if capturable else _get_value(step_t)
+        grad = _weight_decay(group, lr, param, grad, foreach=False)
+        bc2, grad_step, exp_avg_step = nadam_scalars(
+            lr, beta1, beta2, md, step, state["mu_product"][i], tensor_math
+        )
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = exp_avg_sq.div(bc2).sqrt()
+        if tensor_math:  # autograd (and capture) need the scalars as tensor factors
+            denom = denom.add(eps)
+            param.addcdiv_(grad * grad_step, denom)
+            param.addcdiv_(exp_avg * exp_avg_step, denom)
+        else:
+            denom.add_(eps)
+            param.addcdiv_(grad, denom, value=grad_step)
+            param.addcdiv_(exp_avg, denom, value=exp_avg_step)
+
+
+@register("nadam", "foreach")
+def _nadam_foreach(group, params, grads, state):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    eps, md, capturable = group["eps"], group["momentum_decay"], group["capturable"]
+    lists = [params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], state["step"]]
+    for p, g, m, v, mu_products, steps in by_device_and_dtype(lists):
+        if group["maximize"]:
+            g = torch._foreach_neg(g)
+        foreach_increment(steps)
+        g = _weight_decay(group, lr, p, g, foreach=True)
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, 1 - beta2)
+        denom = torch._foreach_sqrt(v)
+        if capturable:
+            scalars = [nadam_scalars(lr, beta1, beta2, md, s, mp, True) for s, mp in zip(steps, mu_products)]
+            torch._foreach_div_(denom, torch._foreach_sqrt([bc2 for bc2, _, _ in scalars]))
+            torch._foreach_add_(denom, eps)
+            numerator = torch._foreach_mul([gs for _, gs, _ in scalars], g)
+            torch._foreach_addcmul_(numerator, [ms for _, _, ms in scalars], m)
+            torch._foreach_addcdiv_(p, numerator, denom)
+        else:
+            lr_value = _get_value(lr)
+            scalars = [
+                nadam_scalars(lr_value, beta1, beta2, md, _get_value(s), mp) for s, mp in zip(steps, mu_products)
+            ]
+            torch._foreach_div_(denom, [bc2**0.5 for bc2, _, _ in scalars])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(p, g, denom, [gs for _, gs, _ in scalars])
+            torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms in scalars])
+
+
+# ---- pre-step checks torch makes inside its update functions (shared with RAdam) ---------
+def check_capturable_devices(opt, group, params, keys, names: str, foreach_names: str) -> None:
+    """torch's AssertionError for ``capturable=True`` with params (or their scalar state
+    ``keys``) off a capturable device, e.g. on the CPU. torch words it per backend."""
+    if not group["capturable"] or not params or torch.compiler.is_compiling():
+        return
+    foreach = _dispatch.resolve(opt.algorithm, group, params).name == "foreach"
+    devices = _get_capturable_supported_devices(supports_xla=not foreach)
+    for p in params:
+        state = opt.state.get(p) or {}
+        types = {p.device.type} | {state[k].device.type for k in keys if k in state}
+        if len(types) > 1 or p.device.type not in devices:
+            raise AssertionError(
+                f"If capturable=True, {foreach_names if foreach else names} "
+                f"must be on supported devices: {devices}."
+            )
+
+
+def check_foreach_differentiable(group, params) -> None:
+    """torch's foreach update refuses ``differentiable=True`` (optimlab would run the loop)."""
+    if group["foreach"] and group["differentiable"] and params:
+        raise AssertionError("_foreach ops don't support autograd")
+
+
+class NAdam(Optimizer):
+    """NAdam (Dozat, 2016); with ``decoupled_weight_decay=True``, NAdamW.
+
+    Same signature, defaults, errors and state (``step``, ``mu_product``,
+    ``exp_avg``, ``exp_avg_sq``) as ``torch.optim.NAdam``.
+    See the module docstring for the update rule.
+    """
+
+    algorithm = "nadam"
+    sparse_grad_error = "NAdam does not support sparse gradients"
+    setstate_defaults = {
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= momentum_decay:
+            raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # Older checkpoints store ``mu_product`` as a Python number (``step``: the base).
+        for group in self.param_groups:
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if "mu_product" in p_state and not torch.is_tensor(p_state["mu_product"]):
+                    p_state["mu_product"] = torch.tensor(
+                        p_state["mu_product"],
+                        dtype=_get_scalar_dtype(),
+                        device=p.device if group["capturable"] else None,
+                    )
+
+    def _init_state(self, group, p):
+        # ``mu_product`` is laid out like ``step`` (on the CPU unless capturable), but starts at 1.
+        return {
+            "step": step_tensor(group, p),
+            "mu_product": torch.ones_like(step_tensor(group, p)),
+            "exp_avg": zeros_like(p),
+            "exp_avg_sq": zeros_like(p),
+        }
+
+    def _state_keys(self, group):
+        return ("step", "mu_product", "exp_avg", "exp_avg_sq")
+
+    def _check_group(self, group, params):
+        check_foreach_differentiable(group, params)
+        check_capturable_devices(
+            self, group, params, ("mu_product", "step"),
+            "params, mu_products and state_steps", "params, mu_products, and state_steps",
+        )

@@ -1,3 +1,179 @@
-"""Placeholder: being written."""
+"""RAdam (rectified Adam); with ``decoupled_weight_decay=True``, RAdamW.
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g      = g + wd * p                    (coupled weight decay), or
+    p      = p * (1 - lr * wd)             (decoupled)
+    m      = lerp(m, g, 1 - beta1)
+    v      = beta2 * v + (1 - beta2) * g^2
+    rho_t  = rho_inf - 2 t beta2^t / (1 - beta2^t),   rho_inf = 2 / (1 - beta2) - 1
+    if rho_t > 5:   p = p - lr * m / bc1 * rect * sqrt(bc2) / (sqrt(v) + eps)
+    else:           p = p - lr * m / bc1
+
+with ``bc1 = 1 - beta1^t``, ``bc2 = 1 - beta2^t`` and the rectification term
+``rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))``,
+computed once per param by :func:`radam_scalars` and shared by every backend (with
+tensors when capturable, where ``torch.where`` replaces the ``rho_t > 5`` branch).
+Since rho_t < t, the rectified branch starts at step 6 at the earliest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .nadam import _weight_decay, check_capturable_devices, check_foreach_differentiable
+from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["RAdam", "radam_scalars"]
+
+
+def radam_scalars(lr, beta1, beta2, step):
+    """``(bias_correction1, bc2_sqrt, rect, rect_step, unrect_step)`` for step ``step``.
+
+    ``rect`` is 0 while rho_t <= 5 (unrectified). The foreach form of the update is
+    ``p += m * (1 / ((sqrt(v) + eps) / rect_step) + unrect_step)``, with
+    ``rect_step = -lr * rect * bc2_sqrt / bc1`` and ``unrect_step = -lr / bc1`` only
+    while unrectified (else -0.0). Floats, or tensors when ``step`` is a tensor (capturable).
+    """
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+
+    def rect_of(rho):
+        return ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
+
+    if isinstance(rho_t, Tensor):
+        rect = torch.where(rho_t > 5.0, rect_of(rho_t), 0.0)
+        unrectified = torch.where(rect > 0, 0.0, 1.0)
+    else:
+        rect = rect_of(rho_t) if rho_t > 5 else 0.0
+        unrectified = 0.0 if rect > 0 else 1.0
+    bc2_sqrt = bias_correction2**0.5
+    rect_step = bc2_sqrt * (lr * rect / bias_correction1) * -1
+    unrect_step = (lr * unrectified / bias_correction1) * -1
+    return bias_correction1, bc2_sqrt, rect, rect_step, unrect_step
+
+
+@register("radam", "forloop")
+def _radam_forloop(group, params, grads, state):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    eps, capturable, differentiable = group["eps"], group["capturable"], group["differentiable"]
+    for i, param in enumerate(params):
+        grad = -grads[i] if group["maximize"] else grads[i]
+        exp_avg, exp_avg_sq, step_t = state["exp_avg"][i], state["exp_avg_sq"][i], state["step"][i]
+        step_t += 1
+        step = step_t if capturable else _get_value(step_t)
+        grad = _weight_decay(group, lr, param, grad, foreach=False)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bc1, bc2_sqrt, rect, _, _ = radam_scalars(lr, beta1, beta2, step)
+        bias_corrected_exp_avg = exp_avg / bc1
+
+        def adaptive_lr():
+            sqrt = exp_avg_sq.sqrt()
+            return bc2_sqrt / (sqrt.add(eps) if differentiable else sqrt.add_(eps))
+
+        if capturable:
+            update = torch.where(rect > 0, rect * adaptive_lr(), 1.0)
+            param.add_(bias_corrected_exp_avg * lr * update, alpha=-1.0)
+        elif rect > 0:
+            param.add_(bias_corrected_exp_avg * lr * adaptive_lr() * rect, alpha=-1.0)
+        else:
+            param.add_(bias_corrected_exp_avg * lr, alpha=-1.0)
+
+
+@register("radam", "foreach")
+def _radam_foreach(group, params, grads, state):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    eps, capturable = group["eps"], group["capturable"]
+    lists = [params, grads, state["exp_avg"], state["exp_avg_sq"], state["step"]]
+    for p, g, m, v, steps in by_device_and_dtype(lists):
+        foreach_increment(steps)
+        if group["maximize"]:
+            g = torch._foreach_neg(g)
+        g = _weight_decay(group, lr, p, g, foreach=True)
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, 1 - beta2)
+        del g
+        scalars = [radam_scalars(lr, beta1, beta2, s if capturable else _get_value(s)) for s in steps]
+        buffer = torch._foreach_sqrt(v)
+        torch._foreach_add_(buffer, eps)
+        torch._foreach_div_(buffer, [rect_step for *_, rect_step, _ in scalars])
+        torch._foreach_reciprocal_(buffer)
+        torch._foreach_add_(buffer, [unrect_step for *_, unrect_step in scalars])
+        # buffer = rect_step / (sqrt(v) + eps) + unrect_step
+        torch._foreach_addcmul_(p, m, buffer)
+
+
+class RAdam(Optimizer):
+    """RAdam (Liu et al., 2019); with ``decoupled_weight_decay=True``, RAdamW.
+
+    Same signature, defaults, errors and state (``step``, ``exp_avg``,
+    ``exp_avg_sq``) as ``torch.optim.RAdam``.
+    See the module docstring for the update rule.
+    """
+
+    algorithm = "radam"
+    sparse_grad_error = "RAdam does not support sparse gradients"
+    setstate_defaults = {
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            decoupled_weight_decay=decoupled_weight_decay,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, group, p):
+        return {"step": step_tensor(group, p), "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
+
+    def _state_keys(self, group):
+        return ("step", "exp_avg", "exp_avg_sq")
+
+    def _check_group(self, group, params):
+        check_foreach_differentiable(group, params)
+        names = "params and state_steps"
+        check_capturable_devices(self, group, params, ("step",), names, names)

@@ -1,3 +1,196 @@
-"""Placeholder: being written."""
+"""RMSprop (Hinton's lecture notes; centered variant from Graves, 2013).
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    g    = g + wd * p                       (weight decay, if wd != 0)
+    v    = alpha * v + (1 - alpha) * g^2
+    gavg = lerp(gavg, g, 1 - alpha)         (centered only)
+    avg  = sqrt(v - gavg^2) + eps           (centered), else sqrt(v) + eps
+    b    = momentum * b + g / avg           (momentum > 0)
+    p    = p - lr * b                       (momentum > 0), else
+    p    = p - lr * g / avg
+
+There is no bias correction, so the only scalar is ``lr``. ``step`` is counted
+but unused by the update (as in torch). Complex params are updated as pairs of
+real numbers (``view_as_real``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim import optimizer as _torch_optimizer
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
+
+__all__ = ["RMSprop", "check_capturable_devices"]
+
+
+def check_capturable_devices(opt: Optimizer, group: dict, params: list[Tensor]) -> None:
+    """torch's capturable device check (AssertionError), raised before anything changes.
+
+    torch raises it from inside the update (after lazily creating state); optimlab
+    raises the same error from ``_check_group`` so a refused step mutates nothing.
+    """
+    if not group.get("capturable") or torch.compiler.is_compiling():
+        return
+    # looked up on torch's module at call time, so it follows torch (and any patch of it)
+    supported = _torch_optimizer._get_capturable_supported_devices()
+    for p in params:
+        step = opt.state.get(p, {}).get("step")
+        step_device = step.device.type if torch.is_tensor(step) else p.device.type
+        if not (p.device.type == step_device and p.device.type in supported):
+            raise AssertionError(
+                "If capturable=True, params and state_steps must be on supported "
+                f"devices: {supported}."
+            )
+
+
+def _keys(momentum, centered) -> tuple[str, ...]:
+    """State keys in torch's insertion order."""
+    return (
+        ("step", "square_avg")
+        + (("momentum_buffer",) if momentum > 0 else ())
+        + (("grad_avg",) if centered else ())
+    )
+
+
+@register("rmsprop", "forloop")
+def _rmsprop_forloop(group, params, grads, state):
+    lr, alpha, eps, wd = _to_scalar(group["lr"]), group["alpha"], group["eps"], group["weight_decay"]
+    momentum, centered, differentiable = group["momentum"], group["centered"], group["differentiable"]
+    for i, param in enumerate(params):
+        grad = -grads[i] if group["maximize"] else grads[i]
+        square_avg = state["square_avg"][i]
+        state["step"][i] += 1
+        if wd != 0:
+            grad = grad.add(param, alpha=wd)
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        if centered:
+            grad_avg = state["grad_avg"][i]
+            grad_avg.lerp_(grad, 1 - alpha)
+            avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        else:
+            avg = square_avg.sqrt()
+        # autograd needs sqrt's output intact, hence the out-of-place add when differentiable
+        avg = avg.add(eps) if differentiable else avg.add_(eps)
+        if momentum > 0:
+            buf = state["momentum_buffer"][i]
+            buf.mul_(momentum).addcdiv_(grad, avg)
+            param.add_(buf, alpha=-lr)
+        else:
+            param.addcdiv_(grad, avg, value=-lr)
+
+
+@register("rmsprop", "foreach")
+def _rmsprop_foreach(group, params, grads, state):
+    lr, alpha, eps, wd = _to_scalar(group["lr"]), group["alpha"], group["eps"], group["weight_decay"]
+    momentum, centered = group["momentum"], group["centered"]
+    # with capturable, a Tensor lr must stay a tensor (a Scalar argument would call .item())
+    tensor_lr = group["capturable"] and isinstance(lr, Tensor)
+    # grad_avg / momentum_buffer lists are present only when used (see _state_keys)
+    lists = [params, grads] + [state[k] for k in _keys(momentum, centered)]
+    for p, g, steps, v, *extra in by_device_and_dtype(lists):
+        buf = extra.pop(0) if momentum > 0 else None
+        gavg = extra.pop(0) if centered else None
+        if group["maximize"]:
+            g = torch._foreach_neg(g)
+        foreach_increment(steps)
+        if wd != 0:
+            g = torch._foreach_add(g, p, alpha=wd)
+        torch._foreach_mul_(v, alpha)
+        torch._foreach_addcmul_(v, g, g, value=1 - alpha)
+        if centered:
+            torch._foreach_lerp_(gavg, g, 1 - alpha)
+            avg = torch._foreach_addcmul(v, gavg, gavg, value=-1)
+            torch._foreach_sqrt_(avg)
+        else:
+            avg = torch._foreach_sqrt(v)
+        torch._foreach_add_(avg, eps)
+        if momentum > 0:
+            torch._foreach_mul_(buf, momentum)
+            torch._foreach_addcdiv_(buf, g, avg)
+            if tensor_lr:
+                torch._foreach_add_(p, torch._foreach_mul(buf, -lr))
+            else:
+                torch._foreach_add_(p, buf, alpha=-lr)
+        elif tensor_lr:
+            torch._foreach_div_(avg, -lr)
+            torch._foreach_addcdiv_(p, g, avg)
+        else:
+            torch._foreach_addcdiv_(p, g, avg, value=-lr)
+
+
+class RMSprop(Optimizer):
+    """RMSprop; same signature, defaults, errors and state as ``torch.optim.RMSprop``.
+
+    State per param: ``step``, ``square_avg``, then ``momentum_buffer`` (momentum > 0)
+    and ``grad_avg`` (centered). See the module docstring for the update rule.
+    """
+
+    algorithm = "rmsprop"
+    sparse_grad_error = "RMSprop does not support sparse gradients"
+    setstate_defaults = {
+        "momentum": 0,
+        "centered": False,
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            eps=eps,
+            centered=centered,
+            weight_decay=weight_decay,
+            capturable=capturable,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, group, p):
+        state = {"step": step_tensor(group, p), "square_avg": zeros_like(p)}
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = zeros_like(p)
+        if group["centered"]:
+            state["grad_avg"] = zeros_like(p)
+        return state
+
+    def _state_keys(self, group):
+        return _keys(group["momentum"], group["centered"])
+
+    def _check_group(self, group, params):
+        check_capturable_devices(self, group, params)

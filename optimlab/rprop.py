@@ -1,3 +1,131 @@
-"""Placeholder: being written."""
+"""Rprop: resilient backpropagation (Riedmiller & Braun, 1993).
 
-__all__: list[str] = []
+Update rule, per element, at step t (g = -grad if maximize)::
+
+    s         = sign(g * prev)
+    factor    = etaplus if s > 0, etaminus if s < 0, 1 if s == 0
+    step_size = clamp(step_size * factor, step_size_min, step_size_max)
+    g         = 0 where factor == etaminus      (the sign flipped: skip this step)
+    p         = p - sign(g) * step_size
+    prev      = g
+
+``step_size`` starts at ``lr`` (``lr + lr*1j`` for complex params, whose real and
+imaginary parts are independent real numbers under ``view_as_real``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import by_device_and_dtype, foreach_increment
+from ._dispatch import register
+from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
+from .rmsprop import check_capturable_devices
+
+__all__ = ["Rprop"]
+
+
+def _factors(sign: Tensor, etaminus: float, etaplus: float) -> Tensor:
+    """sign -> step size factor, as torch does it (NaN stays NaN, values in ``sign``'s dtype)."""
+    sign = torch.where(sign.gt(0), etaplus, sign)
+    sign = torch.where(sign.lt(0), etaminus, sign)
+    return torch.where(sign.eq(0), 1, sign)
+
+
+@register("rprop", "forloop")
+def _rprop_forloop(group, params, grads, state):
+    etaminus, etaplus = group["etas"]
+    size_min, size_max = group["step_sizes"]
+    for i, param in enumerate(params):
+        grad = -grads[i] if group["maximize"] else grads[i]
+        prev, step_size = state["prev"][i], state["step_size"][i]
+        state["step"][i] += 1
+        # autograd needs the old prev intact (it is overwritten below)
+        factor = _factors(grad.mul(prev.clone() if group["differentiable"] else prev).sign(), etaminus, etaplus)
+        step_size.mul_(factor).clamp_(size_min, size_max)
+        grad = torch.where(factor.eq(etaminus), 0, grad)
+        param.addcmul_(grad.sign(), step_size, value=-1)
+        prev.copy_(grad)
+
+
+@register("rprop", "foreach")
+def _rprop_foreach(group, params, grads, state):
+    etaminus, etaplus = group["etas"]
+    size_min, size_max = group["step_sizes"]
+    lists = [params, grads, state["prev"], state["step_size"], state["step"]]
+    for p, g, prev, step_size, steps in by_device_and_dtype(lists):
+        foreach_increment(steps)
+        signs = torch._foreach_mul(g, prev)
+        # prev's memory holds this step's (possibly negated, then masked) grads
+        torch._foreach_copy_(prev, g)
+        if group["maximize"]:
+            torch._foreach_neg_(signs)
+            torch._foreach_neg_(prev)
+        torch._foreach_sign_(signs)
+        factors = [_factors(s, etaminus, etaplus) for s in signs]
+        del signs
+        torch._foreach_mul_(step_size, factors)
+        torch._foreach_clamp_min_(step_size, size_min)
+        torch._foreach_clamp_max_(step_size, size_max)
+        for gi, f in zip(prev, factors):
+            gi.copy_(torch.where(f.eq(etaminus), 0, gi))
+        torch._foreach_addcmul_(p, torch._foreach_sign(prev), step_size, value=-1)
+
+
+class Rprop(Optimizer):
+    """Rprop; same signature, defaults, errors and state as ``torch.optim.Rprop``.
+
+    State per param: ``step``, ``prev`` and ``step_size``. See the module docstring
+    for the update rule.
+    """
+
+    algorithm = "rprop"
+    sparse_grad_error = "Rprop does not support sparse gradients"
+    setstate_defaults = {
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50),
+        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 < etas[0] < 1.0 < etas[1]:
+            raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+        defaults = dict(
+            lr=lr,
+            etas=etas,
+            step_sizes=step_sizes,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, group, p):
+        lr = group["lr"]
+        # torch fills from the grad, and a complex lr + lr*1j (float(lr) for a Tensor lr)
+        fill = complex(lr, lr) if p.dtype.is_complex else _to_scalar(lr)
+        return {"step": step_tensor(group, p), "prev": zeros_like(p), "step_size": torch.full_like(p.grad, fill)}
+
+    def _state_keys(self, group):
+        return ("step", "prev", "step_size")
+
+    def _check_group(self, group, params):
+        check_capturable_devices(self, group, params)
