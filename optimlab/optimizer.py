@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 from torch.optim.optimizer import (  # torch's private helpers, present in 2.11 .. 2.13
+    _get_capturable_supported_devices,
     _get_scalar_dtype,
     _get_value,
     _to_scalar,
@@ -48,6 +49,9 @@ class Optimizer(torch.optim.Optimizer):
     complex_as_real: ClassVar[bool] = True
     #: group keys given defaults when old checkpoints are loaded (``__setstate__``)
     setstate_defaults: ClassVar[dict[str, Any]] = {}
+    #: wording and device list of torch's capturable-device assertion for this algorithm
+    capturable_tensors: ClassVar[str] = "params and state_steps"
+    capturable_xla_forloop: ClassVar[bool] = True
 
     # ---- what a subclass provides -------------------------------------------------
     def _init_state(self, group: dict, p: Tensor) -> dict[str, Any]:
@@ -106,7 +110,21 @@ class Optimizer(torch.optim.Optimizer):
                 )
         self._check_group(group, params)
         choice = _dispatch.resolve(self.algorithm, group, params)
+        if group.get("capturable") and not torch.compiler.is_compiling():
+            self._check_capturable(params, xla=choice.name != "foreach" and self.capturable_xla_forloop)
         return group, params, choice
+
+    def _check_capturable(self, params: list[Tensor], xla: bool) -> None:
+        # torch asserts this inside its updates (after creating state); we check first.
+        supported = _get_capturable_supported_devices(supports_xla=xla)
+        for p in params:
+            step = self.state.get(p, {}).get("step")
+            step_device = step.device.type if torch.is_tensor(step) else p.device.type
+            if not (p.device.type == step_device and p.device.type in supported):
+                raise AssertionError(
+                    f"If capturable=True, {self.capturable_tensors} must be on supported "
+                    f"devices: {supported}."
+                )
 
     def _run(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice):
         for p in params:

@@ -50,6 +50,12 @@ def test_torch_error_database(spec, error_input):
     assert str(ours.value) == str(ref.value)
 
 
+def _step(opt, kind):
+    params = [p for g in opt.param_groups for p in g["params"]]
+    loss_fn("matrix" if kind == "matrix" else "dense", params).backward()
+    return opt.step()
+
+
 def _scenarios(spec):
     """Bad inputs beyond torch's database: torch's behaviour is the oracle."""
     kind = spec.problem
@@ -62,6 +68,9 @@ def _scenarios(spec):
     yield "unknown kwarg", lambda cls: cls(dense(), not_an_option=1)
     yield "sparse param", lambda cls: cls([torch.nn.Parameter(torch.eye(3).to_sparse())])
     yield "Tensor lr with foreach", lambda cls: cls(dense(), lr=torch.tensor(0.01), foreach=True)
+    for backend in ("forloop", "foreach"):
+        yield f"capturable on cpu ({backend})", lambda cls, b=backend: _step(
+            cls(dense(), capturable=True, **({"foreach": b == "foreach"} if spec.has_foreach_flag else {})), kind)
     yield "Tensor lr of 2 elements", lambda cls: cls(dense(), lr=torch.tensor([0.1, 0.2]))
 
 
