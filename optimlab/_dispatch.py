@@ -15,10 +15,13 @@ override and the default fall back to foreach/forloop with one warning.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -84,18 +87,33 @@ def _device_type(params: list[torch.Tensor]) -> str:
     return params[0].device.type if params else "cpu"
 
 
-# Preferred backends per device type, fastest first; the first one implemented for
-# the algorithm and available here is the default. (Issue 6 replaces this with a
-# measured table.) A preferred optional backend (triton, cpp) that cannot run here is
-# skipped with one warning.
+# The default backend per device type: first the measured-fastest one from
+# ``_defaults.json`` (written by ``python -m optimlab.bench --update-defaults``,
+# keyed by algorithm and dtype, with the device it was measured on), else the first
+# available of a fixed preference list, fastest first. A preferred optional backend
+# (triton, cpp) that cannot run here is skipped with one warning.
 DEFAULT_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("cpp", "foreach", "forloop"),
     "cuda": ("triton", "foreach", "forloop"),
 }
 FUSED_BACKENDS = ("triton", "cpp")  # take grad_scale/found_inf; optional parts
+DEFAULTS_FILE = Path(__file__).with_name("_defaults.json")
 
 
-def _default(algorithm: str, device_type: str) -> BackendChoice:
+@functools.cache
+def measured_defaults() -> dict:
+    """The committed table of measured-fastest backends ({} if absent)."""
+    try:
+        return json.loads(DEFAULTS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None) -> BackendChoice:
+    entry = measured_defaults().get(device_type, {})
+    measured = entry.get("choices", {}).get(algorithm, {}).get(str(dtype).removeprefix("torch."))
+    if measured is not None and _unavailable(algorithm, measured) is None:
+        return BackendChoice(measured, f"measured fastest on {entry.get('device', device_type)}")
     order = DEFAULT_PREFERENCE.get(device_type, ("foreach", "forloop"))
     skipped = []
     for name in order:
@@ -145,7 +163,7 @@ def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendC
         flag = "foreach" if foreach is False else "fused"
         return BackendChoice("forloop", f"{flag}=False")
     requested = env_backend()
-    default = _default(algorithm, device_type)
+    default = _default(algorithm, device_type, params[0].dtype if params else None)
     if requested is not None:
         why = _unavailable(algorithm, requested)
         if why is None:

@@ -8,9 +8,11 @@ Update rule, per element, at step t (g = -grad if maximize)::
     u     = rho * u + (1 - rho) * delta^2                 (acc_delta)
     p     = p - lr * delta
 
-There is no per-step scalar math beyond ``lr``; the shared piece is
-:func:`signed_decayed_grads`, the foreach form of ``g = -grad; g += wd * p``
-that Adamax and ASGD reuse.
+There is no per-step scalar math beyond ``lr``. Shared with Adamax and ASGD:
+:func:`signed_decayed_grads`, the foreach form of ``g = -grad; g += wd * p``,
+and :func:`complex_weight_decay`, the for-loop's ``g + wd * p`` taken in complex
+arithmetic for complex params (torch decays before ``view_as_real`` there, and
+complex ``add(alpha=)`` rounds differently from the real one).
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ def signed_decayed_grads(grads, params, maximize: bool, weight_decay: float):
     return grads, owned
 
 
+def complex_weight_decay(grad: Tensor, param: Tensor, weight_decay: float) -> Tensor:
+    """``grad + wd * param`` computed in the dtype the user's param has.
+
+    The base class hands updates ``view_as_real`` views of complex params; the
+    for-loops of torch's Adadelta, Adamax (and Adam, Adagrad, RMSprop) apply
+    weight decay before viewing as real, and complex ``add(alpha=)`` is not
+    bitwise equal to the real one, so complex params decay in complex here.
+    """
+    if param._base is not None and param._base.is_complex():  # a complex param seen as real
+        decayed = torch.view_as_complex(grad).add(torch.view_as_complex(param), alpha=weight_decay)
+        return torch.view_as_real(decayed)
+    return grad.add(param, alpha=weight_decay)
+
+
 @register("adadelta", "forloop")
 def _adadelta_forloop(group, params, grads, state):
     lr, rho, eps, wd = _to_scalar(group["lr"]), group["rho"], group["eps"], group["weight_decay"]
@@ -50,7 +66,7 @@ def _adadelta_forloop(group, params, grads, state):
         step_t += 1
         grad = -grad if group["maximize"] else grad
         if wd != 0:
-            grad = grad.add(param, alpha=wd)
+            grad = complex_weight_decay(grad, param, wd)
         square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
         std = square_avg.add(eps).sqrt_()
         delta = acc_delta.add(eps).sqrt_()
@@ -96,6 +112,7 @@ class Adadelta(Optimizer):
 
     algorithm = "adadelta"
     sparse_grad_error = "Adadelta does not support sparse gradients"
+    capturable_xla_forloop = False  # torch's for-loop lists devices without xla here
     setstate_defaults = {
         "foreach": None,
         "maximize": False,

@@ -15,7 +15,8 @@ Update rule at step t (g = -grad if maximize)::
     U     = g / sqrt(max(V, eps1^2))
     p     = p - alpha / max(1, RMS(U) / d) * U
 
-``eps1=None`` means ``finfo(dtype).eps`` of the group's first param. The scalars
+``eps1=None`` means ``finfo(dtype).eps`` of the first param updated (the first
+(device, dtype) bucket's for foreach), used for the whole group, as torch. The scalars
 come from :func:`adafactor_scalars` and :func:`clip_denominator`, and the
 factored estimate from :func:`factored_variance`, shared by every backend.
 """
@@ -54,14 +55,15 @@ def factored_variance(row_var: Tensor, col_var: Tensor, eps1: float) -> Tensor:
     return (row_var @ col_var).div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))
 
 
-def _eps1(group, params):
+def _eps1(group, first: Tensor) -> float:
+    """eps1, or when None the machine epsilon of the first param torch's loop visits."""
     eps1 = group["eps"][0]
-    return torch.finfo(params[0].dtype).eps if eps1 is None else eps1
+    return torch.finfo(first.dtype).eps if eps1 is None else eps1
 
 
 @register("adafactor", "forloop")
 def _adafactor_forloop(group, params, grads, state):
-    lr, wd, d, eps1 = _to_scalar(group["lr"]), group["weight_decay"], group["d"], _eps1(group, params)
+    lr, wd, d, eps1 = _to_scalar(group["lr"]), group["weight_decay"], group["d"], _eps1(group, params[0])
     for i, param in enumerate(params):
         grad = -grads[i] if group["maximize"] else grads[i]
         step_t = state["step"][i]
@@ -84,9 +86,11 @@ def _adafactor_forloop(group, params, grads, state):
 
 @register("adafactor", "foreach")
 def _adafactor_foreach(group, params, grads, state):
-    lr, wd, d, eps1 = _to_scalar(group["lr"]), group["weight_decay"], group["d"], _eps1(group, params)
+    lr, wd, d = _to_scalar(group["lr"]), group["weight_decay"], group["d"]
     lists = [params, grads, state["row_var"], state["col_var"], state["variance"], state["step"]]
-    for bucket in by_device_and_dtype(lists):
+    buckets = by_device_and_dtype(lists)
+    eps1 = _eps1(group, buckets[0][0][0])  # the first bucket's dtype, for every bucket (as torch)
+    for bucket in buckets:
         # torch further splits each bucket into factored (dim > 1) and vector params
         for factored in (True, False):
             keep = [j for j, g in enumerate(bucket[1]) if (g.dim() > 1) == factored]
@@ -166,17 +170,6 @@ class Adafactor(Optimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults)
-
-    # torch's Adafactor has no `differentiable` flag, which the base step reads.
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step.
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model
-                and returns the loss.
-        """
-        return Optimizer.step.__wrapped__(self, closure)
 
     def _init_state(self, group, p):
         state = {"step": step_tensor(group, p)}

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
-from .adadelta import signed_decayed_grads
+from .adadelta import complex_weight_decay, signed_decayed_grads
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 
 __all__ = ["Adamax"]
@@ -44,7 +44,7 @@ def _adamax_forloop(group, params, grads, state):
         grad = -grad if group["maximize"] else grad
         step_t += 1
         if wd != 0:
-            grad = grad.add(param, alpha=wd)
+            grad = complex_weight_decay(grad, param, wd)
         exp_avg.lerp_(grad, 1 - beta1)
         if group["differentiable"]:  # autograd through max: stack both candidates, amax
             both = torch.cat([exp_inf.mul_(beta2).unsqueeze(0), grad.abs().add_(eps).unsqueeze_(0)], 0)

@@ -110,6 +110,7 @@ class ASGD(Optimizer):
 
     algorithm = "asgd"
     sparse_grad_error = "ASGD does not support sparse gradients"
+    capturable_tensors = "params, mus, etas, and state_steps"
     setstate_defaults = {
         "foreach": None,
         "maximize": False,

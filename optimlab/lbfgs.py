@@ -222,7 +222,8 @@ def _lbfgs_forloop(opt: "LBFGS", group: dict, closure):
             opt._add_grad(t, d)  # fixed step
             if n_iter != max_iter:  # no re-evaluation after the last iteration
                 with torch.enable_grad():
-                    loss = float(closure())
+                    loss = closure()
+                loss = float(loss)  # outside grad mode, as torch (no requires_grad warning)
                 flat_grad = opt._gather_flat_grad()
                 opt_cond = flat_grad.abs().max() <= tolerance_grad
                 ls_func_evals = 1

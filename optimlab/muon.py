@@ -137,17 +137,6 @@ class Muon(Optimizer):
                         f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()}"
                     )
 
-    # torch's Muon has no `differentiable` flag, which the base step reads.
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform a single optimization step.
-
-        Args:
-            closure (Callable, optional): A closure that reevaluates the model
-                and returns the loss.
-        """
-        return Optimizer.step.__wrapped__(self, closure)
-
     def _init_state(self, group, p):
         return {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)}
 

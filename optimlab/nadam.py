@@ -24,12 +24,11 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_capturable_supported_devices
 
-from . import _dispatch
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, step_tensor, zeros_like
 
-__all__ = ["NAdam", "nadam_scalars", "check_capturable_devices", "check_foreach_differentiable"]
+__all__ = ["NAdam", "nadam_scalars"]
 
 
 def nadam_scalars(lr, beta1, beta2, momentum_decay, step, mu_product, tensor_math=False):
@@ -123,24 +122,6 @@ def _nadam_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms in scalars])
 
 
-# ---- pre-step checks torch makes inside its update functions (shared with RAdam) ---------
-def check_capturable_devices(opt, group, params, keys, names: str, foreach_names: str) -> None:
-    """torch's AssertionError for ``capturable=True`` with params (or their scalar state
-    ``keys``) off a capturable device, e.g. on the CPU. torch words it per backend."""
-    if not group["capturable"] or not params or torch.compiler.is_compiling():
-        return
-    foreach = _dispatch.resolve(opt.algorithm, group, params).name == "foreach"
-    devices = _get_capturable_supported_devices(supports_xla=not foreach)
-    for p in params:
-        state = opt.state.get(p) or {}
-        types = {p.device.type} | {state[k].device.type for k in keys if k in state}
-        if len(types) > 1 or p.device.type not in devices:
-            raise AssertionError(
-                f"If capturable=True, {foreach_names if foreach else names} "
-                f"must be on supported devices: {devices}."
-            )
-
-
 def check_foreach_differentiable(group, params) -> None:
     """torch's foreach update refuses ``differentiable=True`` (optimlab would run the loop)."""
     if group["foreach"] and group["differentiable"] and params:
@@ -223,9 +204,10 @@ class NAdam(Optimizer):
 
     def _init_state(self, group, p):
         # ``mu_product`` is laid out like ``step`` (on the CPU unless capturable), but starts at 1.
+        step = step_tensor(group, p)
         return {
-            "step": step_tensor(group, p),
-            "mu_product": torch.ones_like(step_tensor(group, p)),
+            "step": step,
+            "mu_product": torch.ones_like(step),
             "exp_avg": zeros_like(p),
             "exp_avg_sq": zeros_like(p),
         }
@@ -235,7 +217,13 @@ class NAdam(Optimizer):
 
     def _check_group(self, group, params):
         check_foreach_differentiable(group, params)
-        check_capturable_devices(
-            self, group, params, ("mu_product", "step"),
-            "params, mu_products and state_steps", "params, mu_products, and state_steps",
-        )
+
+    def _check_capturable(self, params, xla):
+        # The base's check, also over ``mu_product``, in torch's words for NAdam (xla: forloop).
+        supported = _get_capturable_supported_devices(supports_xla=xla)
+        for p in params:
+            state = self.state.get(p, {})
+            types = {p.device.type} | {state[k].device.type for k in ("mu_product", "step") if k in state}
+            if len(types) > 1 or p.device.type not in supported:
+                names = "params, mu_products and state_steps" if xla else "params, mu_products, and state_steps"
+                raise AssertionError(f"If capturable=True, {names} must be on supported devices: {supported}.")

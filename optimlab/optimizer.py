@@ -20,22 +20,42 @@ state keys its update reads; the update functions live next to it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar
 
 import torch
+import torch._dynamo
 from torch import Tensor
 from torch.optim.optimizer import (  # torch's private helpers, present in 2.11 .. 2.13
     _get_capturable_supported_devices,
     _get_scalar_dtype,
     _get_value,
     _to_scalar,
-    _use_grad_for_differentiable,
     required,
 )
 
 from . import _dispatch
 
 __all__ = ["Optimizer", "required", "_get_scalar_dtype", "_get_value", "_to_scalar"]
+
+
+def _use_grad_for_differentiable(step):
+    """Run ``step`` with autograd on only for ``differentiable=True`` (torch's wrapper,
+    tolerant of optimizers that have no ``differentiable`` option)."""
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        prev = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(self.defaults.get("differentiable", False))
+            # graph breaks so that aot respects no_grad (see torch.optim.optimizer)
+            torch._dynamo.graph_break()
+            return step(self, *args, **kwargs)
+        finally:
+            torch._dynamo.graph_break()
+            torch.set_grad_enabled(prev)
+
+    return wrapper
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -98,16 +118,6 @@ class Optimizer(torch.optim.Optimizer):
         for p in params:
             if p.grad.is_sparse and self.sparse_grad_error is not None:
                 raise RuntimeError(self.sparse_grad_error)
-            state = self.state.get(p)
-            if (
-                group.get("differentiable")
-                and state
-                and torch.is_tensor(state.get("step"))
-                and state["step"].requires_grad
-            ):
-                raise RuntimeError(
-                    "`requires_grad` is not supported for `step` in differentiable mode"
-                )
         self._check_group(group, params)
         choice = _dispatch.resolve(self.algorithm, group, params)
         if group.get("capturable") and not torch.compiler.is_compiling():
@@ -128,11 +138,13 @@ class Optimizer(torch.optim.Optimizer):
 
     def _run(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice):
         for p in params:
-            if len(self.state[p]) == 0:
-                self.state[p].update(self._init_state(group, p))
+            if not self.state.get(p):
+                fresh = self._init_state(group, p)
+                if fresh:  # torch leaves ``state[p]`` absent when there is nothing to keep
+                    self.state[p].update(fresh)
         owners = list(params)
         grads = [p.grad for p in params]
-        states = {k: [self.state[p].get(k) for p in params] for k in self._state_keys(group)}
+        states = {k: [self.state.get(p, {}).get(k) for p in params] for k in self._state_keys(group)}
         is_complex = [self.complex_as_real and torch.is_complex(p) for p in params]
         for i in (i for i, c in enumerate(is_complex) if c):
             params[i] = torch.view_as_real(params[i])

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
-from .nadam import _weight_decay, check_capturable_devices, check_foreach_differentiable
+from .nadam import _weight_decay, check_foreach_differentiable
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 
 __all__ = ["RAdam", "radam_scalars"]
@@ -53,7 +53,10 @@ def radam_scalars(lr, beta1, beta2, step):
         rect = rect_of(rho_t) if rho_t > 5 else 0.0
         unrectified = 0.0 if rect > 0 else 1.0
     bc2_sqrt = bias_correction2**0.5
-    rect_step = bc2_sqrt * (lr * rect / bias_correction1) * -1
+    if isinstance(rect, Tensor):  # torch's capturable foreach association (float32 tensors)
+        rect_step = -(bc2_sqrt * lr * rect) / bias_correction1
+    else:
+        rect_step = bc2_sqrt * (lr * rect / bias_correction1) * -1
     unrect_step = (lr * unrectified / bias_correction1) * -1
     return bias_correction1, bc2_sqrt, rect, rect_step, unrect_step
 
@@ -174,6 +177,4 @@ class RAdam(Optimizer):
         return ("step", "exp_avg", "exp_avg_sq")
 
     def _check_group(self, group, params):
-        check_foreach_differentiable(group, params)
-        names = "params and state_steps"
-        check_capturable_devices(self, group, params, ("step",), names, names)
+        check_foreach_differentiable(group, params)  # capturable devices: the base checks

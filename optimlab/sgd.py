@@ -160,12 +160,3 @@ class SGD(Optimizer):
                 # torch fails inside ``grad.add(param)`` mid-step; raise its exact
                 # error before anything changes (the probe is out of place).
                 _weight_decayed(sparse.grad, sparse, wd)
-
-    def _run(self, group, params, choice):
-        # Without momentum torch never touches ``self.state``: drop the empty
-        # entries the generic step creates for params that had none.
-        fresh = [p for p in params if p not in self.state]
-        super()._run(group, params, choice)
-        for p in fresh:
-            if not self.state[p]:
-                del self.state[p]

@@ -1,4 +1,10 @@
 import pytest
+import torch
+
+# One intra-op thread: the suite runs many tiny steps, where thread hand-off only costs
+# (torch's bf16 CPU matmul in Muon is ~10^4x slower with 2 threads on tiny matrices).
+# Tests of threaded kernels raise this locally.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,13 @@ EXTRA = {
         Config("tolerance_change", dict(tolerance_change=1e-2)),
         Config("tolerance_grad stops at once", dict(tolerance_grad=1e3)),
         Config("strong_wolfe, small history", dict(line_search_fn="strong_wolfe", history_size=3)),
-        Config("strong_wolfe, lr 2", dict(line_search_fn="strong_wolfe", lr=2.0)),
+        # zoom phase moving the low end to the high end, interpolation with x1 > x2
+        Config("strong_wolfe, lr 30, small history", dict(line_search_fn="strong_wolfe", lr=30.0, history_size=2, max_iter=5)),
         Config("strong_wolfe, tolerances", dict(line_search_fn="strong_wolfe", tolerance_grad=1e-3, tolerance_change=1e-4)),
-        Config("strong_wolfe, max_eval 3", dict(line_search_fn="strong_wolfe", max_eval=3)),
+        # line search cut short by max_eval (ls_iter == max_ls)
+        Config("strong_wolfe, lr 0.01, max_eval 4", dict(line_search_fn="strong_wolfe", lr=0.01, max_eval=4)),
         Config("strong_wolfe, max_iter 4, max_eval 30", dict(line_search_fn="strong_wolfe", max_iter=4, max_eval=30)),
-        Config("strong_wolfe, Tensor lr", dict(line_search_fn="strong_wolfe", lr=T(0.5))),
+        Config("strong_wolfe, float64 Tensor lr", dict(line_search_fn="strong_wolfe", lr=T(0.5, dtype=torch.float64))),
         Config("strong_wolfe complex", dict(line_search_fn="strong_wolfe"), complex_param=True),
         Config("sparse grads", dict(), problem="sparse"),
     ],

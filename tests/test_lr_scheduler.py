@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import inspect
 import io
 import math
@@ -429,16 +428,60 @@ def test_get_lr_outside_step_warns_like_torch(name):
     assert results[0][0] == [(UserWarning, "To get the last learning rate computed by the scheduler, please use `get_last_lr()`.")]
 
 
-def test_step_wrapper_does_not_keep_optimizer_alive():
+def test_step_wrapper_holds_optimizer_weakly():
+    """The wrapped ``optimizer.step`` refers to its optimizer through a weakref
+    (as torch's does), so it adds no optimizer -> step -> optimizer cycle."""
     for L in (T, O):
         opt = make_opt(SGD)
         sched = L.StepLR(opt, 2)
-        alive = weakref.ref(opt)
+        cells = [c.cell_contents for c in opt.step.__closure__]
+        assert not any(c is opt or c is sched for c in cells)
+        assert any(isinstance(c, weakref.ref) and c() is opt for c in cells)
         opt.step()
         assert opt._opt_called is True
-        del opt, sched
-        gc.collect()
-        assert alive() is None
+
+
+LEGACY_RESUME = {
+    "lambda": lambda L, o, e: L.LambdaLR(o, lambda k: 0.9**k, last_epoch=e),
+    "multiplicative": lambda L, o, e: L.MultiplicativeLR(o, lambda k: 0.9, last_epoch=e),
+    "step": lambda L, o, e: L.StepLR(o, 7, 0.5, last_epoch=e),
+    "multistep": lambda L, o, e: L.MultiStepLR(o, [14, 20, 30], 0.5, last_epoch=e),
+    "constant": lambda L, o, e: L.ConstantLR(o, 0.5, 14, last_epoch=e),
+    "linear": lambda L, o, e: L.LinearLR(o, 0.2, 1.0, 30, last_epoch=e),
+    "exponential": lambda L, o, e: L.ExponentialLR(o, 0.9, last_epoch=e),
+    "polynomial": lambda L, o, e: L.PolynomialLR(o, 40, 2.0, last_epoch=e),
+    "cosine": lambda L, o, e: L.CosineAnnealingLR(o, 20, 1e-3, last_epoch=e),
+    "cyclic": lambda L, o, e: L.CyclicLR(o, 0.01, 0.1, 5, mode="triangular2", last_epoch=e),
+    "onecycle": lambda L, o, e: L.OneCycleLR(o, 1.0, 80, last_epoch=e),
+    "warm-restarts": lambda L, o, e: L.CosineAnnealingWarmRestarts(o, 6, 2, last_epoch=e),
+}
+
+
+@pytest.mark.parametrize("factory", LEGACY_RESUME.values(), ids=LEGACY_RESUME.keys())
+def test_resume_with_last_epoch_matches_torch(factory):
+    """The legacy resume: a new scheduler with ``last_epoch=k`` on a live
+    optimizer (the constructor's step must not re-apply a step), and the
+    internal ``_update_lr()`` that SequentialLR uses on its children."""
+
+    def trace(L):
+        opt = make_opt(torch.optim.SGD)
+        first = factory(L, opt, -1)
+        for _ in range(13):
+            opt.step()
+            first.step()
+        out = [[g["lr"] for g in opt.param_groups]]
+        resumed = factory(L, opt, first.last_epoch)
+        out.append([g["lr"] for g in opt.param_groups])
+        resumed._update_lr()
+        for _ in range(40):
+            opt.step()
+            resumed.step()
+            out.append([g["lr"] for g in opt.param_groups] + [g.get("momentum") for g in opt.param_groups])
+        return out
+
+    ref = trace(T)
+    assert_same(ref, trace(O))
+    assert len({r[0] for r in ref}) > 1
 
 
 # ------------------------------------------------------------------ tensor lr
@@ -585,7 +628,7 @@ def test_subclasses_torch_and_owns_its_logic(name):
             owner = next(k for k in ours.__mro__ if attr in vars(k))
             assert owner.__module__ == "optimlab.lr_scheduler", f"{name}.{attr} comes from {owner}"
     if name not in ("LRScheduler", "_LRScheduler"):
-        assert inspect.signature(ours.__init__) .parameters.keys() == inspect.signature(theirs.__init__).parameters.keys()
+        assert inspect.signature(ours.__init__).parameters.keys() == inspect.signature(theirs.__init__).parameters.keys()
         ours_defaults = {k: p.default for k, p in inspect.signature(ours.__init__).parameters.items()}
         theirs_defaults = {k: p.default for k, p in inspect.signature(theirs.__init__).parameters.items()}
         assert ours_defaults == theirs_defaults

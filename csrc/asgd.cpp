@@ -1,0 +1,47 @@
+// ASGD; eta and mu (per tensor) come from optimlab.asgd.asgd_eta / asgd_mu.
+#include "kernels.h"
+
+namespace optimlab {
+namespace {
+
+struct AsgdOp {
+  const Scalars& eta;
+  const Scalars& mu;
+  double lambd, weight_decay;
+  bool maximize;
+
+  template <class T>
+  void operator()(int64_t i, T* const* x, int64_t n) const {
+    using V = math::Vec<T>;
+    T* p = x[0];
+    const T* g = x[1];
+    T* ax = x[2];
+    const V wd = math::splat<T>(weight_decay), shrink = math::splat<T>(1 - lambd * eta[i]);
+    const V neg_eta = math::splat<T>(-eta[i]), muv = math::splat<T>(mu[i]);
+    const bool decay = weight_decay != 0, average = mu[i] != 1;
+    math::for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+      const V pv = math::ld(p + j, c);
+      const V gv = math::effective_grad(math::ld(g + j, c), pv, maximize, decay, wd);
+      const V pn = math::add_scaled(pv * shrink, gv, neg_eta);
+      math::st(pn, p + j, c);
+      if (average) {
+        const V av = math::ld(ax + j, c);
+        math::st(av + (pn - av) * muv, ax + j, c);
+      } else {
+        math::st(pn, ax + j, c);
+      }
+    });
+  }
+};
+
+}  // namespace
+
+void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const Scalars& eta,
+          const Scalars& mu, double lambd, double weight_decay, bool maximize, const OptTensor& grad_scale,
+          const OptTensor& found_inf) {
+  check_per_tensor("asgd", params, {&eta, &mu});
+  const AsgdOp op{eta, mu, lambd, weight_decay, maximize};
+  fused_apply("asgd", op, {{&params, true}, {&grads, false}, {&axs, true}}, read_amp(grad_scale, found_inf));
+}
+
+}  // namespace optimlab

@@ -1,0 +1,100 @@
+// Python bindings of optimlab's fused CPU kernels (module built by optimlab/kernels/cpu.py).
+#include <torch/extension.h>
+
+#include "kernels.h"
+
+namespace optimlab {
+namespace {
+
+template <class F>
+void for_each_scalar(const TensorList& scalars, const F& f) {
+  for (const at::Tensor& t : scalars) {
+    TORCH_CHECK(t.numel() == 1, "expected 1-element tensors");
+    f(t);
+  }
+}
+
+}  // namespace
+
+std::vector<double> add_to_scalars(const TensorList& scalars, double delta) {
+  std::vector<double> out;
+  out.reserve(scalars.size());
+  for_each_scalar(scalars, [&](const at::Tensor& t) {
+    if (t.device().is_cpu() && t.scalar_type() == at::kFloat) {
+      float* p = t.data_ptr<float>();
+      *p += static_cast<float>(delta);  // what `t += delta` computes
+      out.push_back(*p);
+      t.unsafeGetTensorImpl()->bump_version();
+    } else if (t.device().is_cpu() && t.scalar_type() == at::kDouble) {
+      double* p = t.data_ptr<double>();
+      *p += delta;
+      out.push_back(*p);
+      t.unsafeGetTensorImpl()->bump_version();
+    } else {
+      const_cast<at::Tensor&>(t).add_(delta);
+      out.push_back(t.item().toDouble());
+    }
+  });
+  return out;
+}
+
+std::vector<double> read_scalars(const TensorList& scalars) {
+  std::vector<double> out;
+  out.reserve(scalars.size());
+  for_each_scalar(scalars, [&](const at::Tensor& t) {
+    if (t.device().is_cpu() && t.scalar_type() == at::kFloat) {
+      out.push_back(*t.data_ptr<float>());
+    } else if (t.device().is_cpu() && t.scalar_type() == at::kDouble) {
+      out.push_back(*t.data_ptr<double>());
+    } else {
+      out.push_back(t.item().toDouble());
+    }
+  });
+  return out;
+}
+
+void write_scalars(const TensorList& scalars, const std::vector<double>& values) {
+  TORCH_CHECK(scalars.size() == values.size(), "write_scalars: one value per tensor");
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    const at::Tensor& t = scalars[i];
+    TORCH_CHECK(t.numel() == 1, "expected 1-element tensors");
+    if (t.device().is_cpu() && t.scalar_type() == at::kFloat) {
+      *t.data_ptr<float>() = static_cast<float>(values[i]);
+      t.unsafeGetTensorImpl()->bump_version();
+    } else if (t.device().is_cpu() && t.scalar_type() == at::kDouble) {
+      *t.data_ptr<double>() = values[i];
+      t.unsafeGetTensorImpl()->bump_version();
+    } else {
+      const_cast<at::Tensor&>(t).fill_(values[i]);
+    }
+  }
+}
+
+}  // namespace optimlab
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  using namespace optimlab;
+  m.doc() = "optimlab fused CPU optimizer kernels";
+#ifdef CPU_CAPABILITY_AVX512
+  m.attr("capability") = "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  m.attr("capability") = "AVX2";
+#else
+  m.attr("capability") = "DEFAULT";
+#endif
+  m.attr("vector_width_float") = static_cast<int>(at::vec::Vectorized<float>::size());
+  m.def("adam", &adam, py::call_guard<py::gil_scoped_release>());
+  m.def("sgd", &sgd, py::call_guard<py::gil_scoped_release>());
+  m.def("adagrad", &adagrad, py::call_guard<py::gil_scoped_release>());
+  m.def("adadelta", &adadelta, py::call_guard<py::gil_scoped_release>());
+  m.def("adamax", &adamax, py::call_guard<py::gil_scoped_release>());
+  m.def("asgd", &asgd, py::call_guard<py::gil_scoped_release>());
+  m.def("nadam", &nadam, py::call_guard<py::gil_scoped_release>());
+  m.def("radam", &radam, py::call_guard<py::gil_scoped_release>());
+  m.def("rmsprop", &rmsprop, py::call_guard<py::gil_scoped_release>());
+  m.def("rprop", &rprop, py::call_guard<py::gil_scoped_release>());
+  m.def("add_to_scalars", &add_to_scalars);
+  m.def("read_scalars", &read_scalars);
+  m.def("write_scalars", &write_scalars);
+}

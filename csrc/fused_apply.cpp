@@ -1,0 +1,115 @@
+// Host-side preparation for fused_apply (see fused_apply.h): checks, memory layout, AMP.
+#include "fused_apply.h"
+
+#include <c10/util/Exception.h>
+
+namespace optimlab {
+
+Amp read_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  Amp amp;
+  if (found_inf.has_value() && found_inf->defined()) {
+    TORCH_CHECK(found_inf->numel() == 1, "found_inf must be a 1-element tensor");
+    amp.skip = found_inf->item().toDouble() != 0.0;
+  }
+  if (grad_scale.has_value() && grad_scale->defined()) {
+    TORCH_CHECK(grad_scale->numel() == 1, "grad_scale must be a 1-element tensor");
+    amp.unscale = true;
+    amp.scale = grad_scale->item().toDouble();
+  }
+  return amp;
+}
+
+namespace detail {
+namespace {
+
+bool supported(at::ScalarType st) {
+  return st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf;
+}
+
+// Same element order in memory: equal strides on every dimension that has more than one element.
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  const auto sizes = a.sizes();
+  const auto sa = a.strides();
+  const auto sb = b.strides();
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (sizes[d] > 1 && sa[d] != sb[d]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* name) {
+  TORCH_CHECK(!ops.empty() && ops.size() <= static_cast<size_t>(kMaxOperands), name, ": bad operand count");
+  const TensorList& params = *ops[0].tensors;
+  const size_t n = params.size();
+  Prepared pr;
+  pr.n_ops = static_cast<int>(ops.size());
+  for (int k = 0; k < pr.n_ops; ++k) {
+    const bool used = ops[k].tensors != nullptr && !ops[k].tensors->empty();
+    TORCH_CHECK(!used || ops[k].tensors->size() == n, name, ": operand ", k, " has ",
+                ops[k].tensors->size(), " tensors, expected ", n);
+    pr.written[k] = ops[k].written || (k == kGrad && amp.unscale);
+  }
+  pr.data.reserve(n);
+  pr.dtype.reserve(n);
+  pr.numel.reserve(n);
+  pr.is_double.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    std::array<void*, kMaxOperands> data{};
+    std::array<at::ScalarType, kMaxOperands> dtype{};
+    dtype.fill(at::kFloat);
+    std::array<const at::Tensor*, kMaxOperands> ts{};
+    bool direct = p.is_non_overlapping_and_dense();
+    for (int k = 0; k < pr.n_ops; ++k) {
+      if (ops[k].tensors == nullptr || ops[k].tensors->empty()) continue;
+      const at::Tensor& t = (*ops[k].tensors)[i];
+      TORCH_CHECK(t.defined(), name, ": operand ", k, " of tensor ", i, " is undefined");
+      TORCH_CHECK(t.device().is_cpu(), name, ": expected CPU tensors, got one on ", t.device());
+      TORCH_CHECK(!t.is_sparse() && t.layout() == at::kStrided, name, ": expected dense strided tensors");
+      TORCH_CHECK(t.sizes() == p.sizes(), name, ": operand ", k, " of tensor ", i, " has shape ",
+                  t.sizes(), ", the param has ", p.sizes());
+      TORCH_CHECK(supported(t.scalar_type()), name, ": unsupported dtype ", t.scalar_type(),
+                  " (fp32, fp64, bf16 and fp16 are)");
+      direct = direct && same_layout(t, p);
+      ts[k] = &t;
+      dtype[k] = t.scalar_type();
+    }
+    for (int k = 0; k < pr.n_ops; ++k) {
+      if (ts[k] != nullptr && pr.written[k] && !ts[k]->is_inference()) pr.bump.push_back(*ts[k]);
+    }
+    pr.numel.push_back(p.numel());
+    pr.is_double.push_back(p.scalar_type() == at::kDouble);
+    if (p.numel() > 0) {
+      for (int k = 0; k < pr.n_ops; ++k) {
+        if (ts[k] == nullptr) continue;
+        if (direct) {
+          data[k] = ts[k]->data_ptr();
+          continue;
+        }
+        // Mixed layouts: run this tensor on contiguous copies (one extra pass, rare).
+        at::Tensor c = ts[k]->contiguous();
+        if (!c.is_same(*ts[k]) && pr.written[k]) pr.copy_back.emplace_back(*ts[k], c);
+        data[k] = c.data_ptr();
+        pr.keep_alive.push_back(std::move(c));
+      }
+    }
+    pr.data.push_back(data);
+    pr.dtype.push_back(dtype);
+  }
+  return pr;
+}
+
+void finish(Prepared& pr) {
+  for (auto& [original, copy] : pr.copy_back) original.copy_(copy);
+  // The kernels wrote through raw pointers: record the in-place updates as torch's ops
+  // would, so autograd still detects a param modified after it was saved for backward.
+  for (auto& t : pr.bump) t.unsafeGetTensorImpl()->bump_version();
+  pr.copy_back.clear();
+  pr.bump.clear();
+  pr.keep_alive.clear();
+}
+
+}  // namespace detail
+}  // namespace optimlab

@@ -1,0 +1,83 @@
+// Entry points of optimlab's fused CPU kernels (bound to Python in bindings.cpp).
+//
+// Each takes the tensor lists of one param group (params, grads, state...), the
+// per-tensor scalars computed on the host by the algorithm's shared Python scalar
+// function (step sizes, bias corrections), the group's hyperparameters as
+// doubles, and torch's fused AMP arguments (grad_scale, found_inf).
+#pragma once
+
+#include <initializer_list>
+#include <optional>
+#include <vector>
+
+#include "fused_apply.h"
+
+namespace optimlab {
+
+using Scalars = std::vector<double>;
+using OptTensor = std::optional<at::Tensor>;
+
+inline void check_per_tensor(const char* name, const TensorList& params,
+                             std::initializer_list<const Scalars*> scalars) {
+  for (const Scalars* s : scalars) {
+    TORCH_CHECK(s->size() == params.size(), name, ": expected one scalar per tensor (",
+                params.size(), "), got ", s->size());
+  }
+}
+
+void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const Scalars& step_size,
+          const Scalars& bc2_sqrt, double lerp_weight, double beta2, double one_minus_beta2, double eps,
+          double weight_decay, double decay_factor, bool decoupled, bool amsgrad, bool maximize,
+          const OptTensor& grad_scale, const OptTensor& found_inf);
+
+void sgd(const TensorList& params, const TensorList& grads, const TensorList& momentum_buffers,
+         const std::vector<bool>& first_step, double lr, double weight_decay, double momentum,
+         double dampening, bool nesterov, bool maximize, const OptTensor& grad_scale,
+         const OptTensor& found_inf);
+
+void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
+             const Scalars& clr, double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
+             const OptTensor& found_inf);
+
+void adadelta(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
+              const TensorList& acc_deltas, double lr, double rho, double eps, double weight_decay,
+              bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+
+void adamax(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+            const TensorList& exp_infs, const Scalars& step_size, double lerp_weight, double beta2,
+            double eps, double weight_decay, bool maximize, const OptTensor& grad_scale,
+            const OptTensor& found_inf);
+
+void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const Scalars& eta,
+          const Scalars& mu, double lambd, double weight_decay, bool maximize, const OptTensor& grad_scale,
+          const OptTensor& found_inf);
+
+void nadam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+           const TensorList& exp_avg_sqs, const Scalars& bias_correction2, const Scalars& grad_step,
+           const Scalars& exp_avg_step, double lerp_weight, double beta2, double one_minus_beta2,
+           double eps, double weight_decay, double decay_factor, bool decoupled, bool maximize,
+           const OptTensor& grad_scale, const OptTensor& found_inf);
+
+void radam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+           const TensorList& exp_avg_sqs, const Scalars& bias_correction1, const Scalars& bc2_sqrt,
+           const Scalars& rect, double lr, double lerp_weight, double beta2, double one_minus_beta2,
+           double eps, double weight_decay, double decay_factor, bool decoupled, bool maximize,
+           const OptTensor& grad_scale, const OptTensor& found_inf);
+
+void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
+             const TensorList& momentum_buffers, const TensorList& grad_avgs, double lr, double alpha,
+             double eps, double weight_decay, double momentum, bool centered, bool maximize,
+             const OptTensor& grad_scale, const OptTensor& found_inf);
+
+void rprop(const TensorList& params, const TensorList& grads, const TensorList& prevs,
+           const TensorList& step_sizes, double etaminus, double etaplus, double step_size_min,
+           double step_size_max, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+
+// Host helpers for the 0-dim state scalars (step, eta, mu, mu_product): one call per list
+// instead of one torch op per tensor.
+std::vector<double> add_to_scalars(const TensorList& scalars, double delta);  // in place; new values
+std::vector<double> read_scalars(const TensorList& scalars);
+void write_scalars(const TensorList& scalars, const std::vector<double>& values);
+
+}  // namespace optimlab

@@ -1,0 +1,141 @@
+// The elementwise math shared by optimlab's fused CPU kernels.
+//
+// Everything here works on one SIMD vector (at::vec::Vectorized<T>) of the
+// "math type" T: float for fp32/bf16/fp16 tensors, double for fp64 ones. The
+// kernels in csrc/<algorithm>.cpp are written with these pieces only, so each
+// formula (weight decay, torch's lerp, an exponential moving average of
+// squares, addcdiv, the sign rule of Rprop, ...) exists once.
+//
+// Conventions, chosen to round as torch's for-loop ops do:
+//   * a host scalar `s` enters as `Vec(static_cast<T>(s))`: torch casts Python
+//     scalars to the op math type of the tensor the same way;
+//   * `a + s * b` follows add_(b, alpha=s) / addcmul_(b, c, value=s);
+//   * maximum/minimum propagate NaN like torch.maximum/torch.clamp.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace optimlab {
+namespace math {
+
+template <class T>
+using Vec = at::vec::Vectorized<T>;
+
+// ---- loads and stores of a (possibly partial) vector --------------------------------
+template <class T>
+C10_ALWAYS_INLINE Vec<T> ld(const T* p, int64_t count) {
+  return count == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, count);
+}
+
+template <class T>
+C10_ALWAYS_INLINE void st(const Vec<T>& v, T* p, int64_t count) {
+  if (count == Vec<T>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, static_cast<int>(count));
+  }
+}
+
+// Calls f(offset, count) over [0, n) a vector at a time; the tail vector is partial.
+// f is instantiated for the full-width case first so its loads/stores are unmasked.
+template <class T, class F>
+C10_ALWAYS_INLINE void for_each_vector(int64_t n, const F& f) {
+  constexpr int64_t W = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    f(j, W);
+  }
+  if (j < n) {
+    f(j, n - j);
+  }
+}
+
+template <class T>
+C10_ALWAYS_INLINE Vec<T> splat(double s) {
+  return Vec<T>(static_cast<T>(s));
+}
+
+// ---- the pieces of the update rules ---------------------------------------------------
+// g = -grad if maximize
+template <class T>
+C10_ALWAYS_INLINE Vec<T> signed_grad(const Vec<T>& g, bool maximize) {
+  return maximize ? g.neg() : g;
+}
+
+// grad.add(param, alpha=wd): coupled (L2) weight decay
+template <class T>
+C10_ALWAYS_INLINE Vec<T> add_scaled(const Vec<T>& a, const Vec<T>& b, const Vec<T>& s) {
+  return a + s * b;
+}
+
+// The gradient every algorithm starts from: sign for maximize, then coupled weight decay.
+template <class T>
+C10_ALWAYS_INLINE Vec<T> effective_grad(
+    const Vec<T>& g, const Vec<T>& p, bool maximize, bool weight_decay, const Vec<T>& wd) {
+  Vec<T> out = signed_grad(g, maximize);
+  return weight_decay ? add_scaled(out, p, wd) : out;
+}
+
+// torch.lerp(a, b, w) for a scalar weight, with torch's two-sided formula.
+template <class T>
+C10_ALWAYS_INLINE Vec<T> lerp(const Vec<T>& a, const Vec<T>& b, T w) {
+  const Vec<T> diff = b - a;
+  if (std::abs(w) < T(0.5)) {
+    return a + Vec<T>(w) * diff;
+  }
+  return b - diff * Vec<T>(T(1) - w);
+}
+
+// v.mul_(beta).addcmul_(g, g, value=1 - beta): exponential moving average of squares
+template <class T>
+C10_ALWAYS_INLINE Vec<T> ema_sq(const Vec<T>& v, const Vec<T>& g, const Vec<T>& beta,
+                                const Vec<T>& one_minus_beta) {
+  return v * beta + one_minus_beta * g * g;
+}
+
+// a.addcdiv_(num, den, value=s) == a + s * (num / den)
+template <class T>
+C10_ALWAYS_INLINE Vec<T> addcdiv(const Vec<T>& a, const Vec<T>& num, const Vec<T>& den,
+                                 const Vec<T>& s) {
+  return a + s * (num / den);
+}
+
+// sqrt(v) + eps: the denominator of Adagrad and RMSprop
+template <class T>
+C10_ALWAYS_INLINE Vec<T> rms_denom(const Vec<T>& v, const Vec<T>& eps) {
+  return v.sqrt() + eps;
+}
+
+// sqrt(v) / sqrt(1 - beta2^t) + eps: Adam's bias-corrected denominator
+template <class T>
+C10_ALWAYS_INLINE Vec<T> rms_denom(const Vec<T>& v, const Vec<T>& bc2_sqrt, const Vec<T>& eps) {
+  return v.sqrt() / bc2_sqrt + eps;
+}
+
+// torch.sign on CPU: (x > 0) - (x < 0), so -1, 0 or 1, and 0 for NaN
+template <class T>
+C10_ALWAYS_INLINE Vec<T> sign(const Vec<T>& x) {
+  const Vec<T> zero(T(0));
+  const Vec<T> out = Vec<T>::blendv(zero, Vec<T>(T(1)), x > zero);
+  return Vec<T>::blendv(out, Vec<T>(T(-1)), x < zero);
+}
+
+// torch.where(cond, b, a): b where mask is set
+template <class T>
+C10_ALWAYS_INLINE Vec<T> select(const Vec<T>& mask, const Vec<T>& b, const Vec<T>& a) {
+  return Vec<T>::blendv(a, b, mask);
+}
+
+// clamp_(lo, hi), NaN propagating
+template <class T>
+C10_ALWAYS_INLINE Vec<T> clamp(const Vec<T>& x, const Vec<T>& lo, const Vec<T>& hi) {
+  return at::vec::minimum(at::vec::maximum(x, lo), hi);
+}
+
+}  // namespace math
+}  // namespace optimlab

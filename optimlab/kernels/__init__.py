@@ -1,0 +1,6 @@
+"""Compiled backends of optimlab.
+
+``optimlab.kernels.cpu``: the C++ fused CPU kernels (backend "cpp"). Importing it
+registers the cpp update of every elementwise optimizer with the dispatcher;
+nothing is compiled until the first cpp step.
+"""

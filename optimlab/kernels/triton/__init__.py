@@ -1,0 +1,257 @@
+"""optimlab's Triton backend: fused multi-tensor kernels for every optimizer.
+
+Importing this package registers the ``"triton"`` backend of each algorithm with
+:mod:`optimlab._dispatch` and its availability check. It does **not** import
+``triton``: the kernel modules are imported on the first step that runs them, so
+``import optimlab`` stays cheap and works where Triton is not installed.
+
+Selection (see ``optimlab._dispatch``): ``fused=True`` on CUDA, the default on CUDA,
+or ``OPTIMLAB_BACKEND=triton`` (any device; CPU tensors need ``TRITON_INTERPRET=1``,
+set before Triton is imported). See docs/triton-backend.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import threading
+import warnings
+
+import torch
+
+from ... import _dispatch
+
+__all__ = [
+    "AmpScalingMixin",
+    "KernelCompileError",
+    "amp_scaling",
+    "available",
+    "check_group",
+    "interpreting",
+]
+
+
+class KernelCompileError(RuntimeError):
+    """A Triton kernel failed to compile (raised before anything was updated)."""
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+_availability: list[str | None] = []
+
+
+def available() -> str | None:
+    """None when Triton can be imported here, else why not (cached after the first call)."""
+    if not _availability:
+        if importlib.util.find_spec("triton") is None:
+            why = "Triton is not installed (pip install 'optimlab[triton]')"
+        else:
+            try:
+                import triton  # noqa: F401
+                import triton.language  # noqa: F401
+
+                why = None
+            except Exception as e:  # noqa: BLE001 - a broken install is "unavailable"
+                why = f"Triton cannot be imported ({type(e).__name__}: {e})"
+        _availability.append(why)
+    return _availability[0]
+
+
+# ---- AMP: grad_scale / found_inf -------------------------------------------------------
+_amp = threading.local()
+
+
+@contextlib.contextmanager
+def amp_scaling(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None):
+    """Within this context, triton updates unscale grads by ``grad_scale`` (writing the
+    unscaled grads back, as torch's fused optimizers do) and skip the step, step counts
+    included, where ``found_inf`` is nonzero."""
+    prev = getattr(_amp, "value", (None, None))
+    _amp.value = (grad_scale, found_inf)
+    try:
+        yield
+    finally:
+        _amp.value = prev
+
+
+class AmpScalingMixin:
+    """Makes ``step`` honour ``GradScaler``'s ``optimizer.grad_scale``/``found_inf``.
+
+    ``torch.amp.GradScaler`` sets those attributes and calls ``step()`` without
+    unscaling when ``optimizer._step_supports_amp_scaling`` is True (optimlab sets it
+    for ``fused=True``). Put the mixin first: ``class MyAdam(AmpScalingMixin, Adam)``.
+    """
+
+    def step(self, closure=None):
+        with amp_scaling(getattr(self, "grad_scale", None), getattr(self, "found_inf", None)):
+            return super().step(closure)
+
+
+def _amp_args(grad_scale, found_inf):
+    if grad_scale is None and found_inf is None:
+        grad_scale, found_inf = getattr(_amp, "value", (None, None))
+    return grad_scale, found_inf
+
+
+# ---- input checks ----------------------------------------------------------------------
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COMPLEX = (torch.complex64, torch.complex128)  # updated through real views
+
+
+def _param_name(group: dict, i: int) -> str:
+    with_grad = [k for k, q in enumerate(group["params"]) if q.grad is not None]
+    k = with_grad[i] if i < len(with_grad) else i
+    names = group.get("param_names")
+    if names and k < len(names):
+        return f"parameter {names[k]!r}"
+    return f"parameter {k} of its param group"
+
+
+def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = False) -> None:
+    """Raise a clear error, naming the parameter, for inputs a Triton kernel cannot take.
+
+    Called before the kernel touches anything. (Best called at plan time, before any
+    group is stepped: see docs/triton-backend.md, "What the base class needs".)"""
+    if not params:
+        return
+    dev0 = params[0].device
+    for i, (p, g) in enumerate(zip(params, grads)):
+        where = f"optimlab {algorithm} (triton backend): {_param_name(group, i)}"
+        if p.device != dev0:
+            raise RuntimeError(
+                f"{where} is on {p.device} but the first parameter of its param group is on "
+                f"{dev0}; a fused step needs every parameter of a param group on one device"
+            )
+        if p.device.type == "cpu" and not interpreting():
+            raise RuntimeError(
+                f"{where} is a CPU tensor: Triton kernels run on CUDA tensors (set "
+                "TRITON_INTERPRET=1 before importing triton to interpret them on the CPU)"
+            )
+        if p.device.type not in ("cuda", "cpu"):
+            raise RuntimeError(f"{where} is on {p.device}; the triton backend supports CUDA")
+        if p.dtype not in _DTYPES + _COMPLEX:
+            raise RuntimeError(
+                f"{where} has dtype {p.dtype}; the triton backend supports float16, "
+                "bfloat16, float32 and float64 (complex params are updated as real views)"
+            )
+        if g.is_sparse and not sparse_ok:
+            raise RuntimeError(f"{where} has a sparse grad; the fused kernel needs dense grads")
+        if g.device != p.device:
+            raise RuntimeError(f"{where} is on {p.device} but its grad is on {g.device}")
+        if not g.is_sparse and (g.dtype not in _DTYPES + _COMPLEX or g.shape != p.shape):
+            raise RuntimeError(
+                f"{where}: its grad (dtype {g.dtype}, shape {tuple(g.shape)}) does not match "
+                f"the parameter (dtype {p.dtype}, shape {tuple(p.shape)})"
+            )
+
+
+# ---- registration ----------------------------------------------------------------------
+#: algorithm -> (kernel module, update function, accepts sparse grads via the for-loop)
+KERNELS: dict[str, tuple[str, str, bool]] = {
+    "adam": ("adam_family", "adam", False),
+    "adamax": ("adam_family", "adamax", False),
+    "nadam": ("adam_family", "nadam", False),
+    "radam": ("adam_family", "radam", False),
+    "sgd": ("sgd_family", "sgd", True),
+    "asgd": ("sgd_family", "asgd", False),
+    "rprop": ("sgd_family", "rprop", False),
+    "adagrad": ("adagrad_family", "adagrad", True),
+    "rmsprop": ("adagrad_family", "rmsprop", False),
+    "adadelta": ("adagrad_family", "adadelta", False),
+}
+
+
+def _explicit(group: dict) -> bool:
+    return bool(group.get("fused")) or _dispatch.env_backend() == "triton"
+
+
+def _fallback(algorithm, group, params, grads, state, grad_scale, found_inf):
+    name = "foreach" if "foreach" in _dispatch.backends_of(algorithm) else "forloop"
+    if found_inf is not None and float(found_inf) != 0:
+        return
+    if grad_scale is not None:
+        dense = [g for g in grads if not g.is_sparse]
+        torch._foreach_div_(dense, grad_scale.to(dense[0].device)) if dense else None
+    return _dispatch.kernel(algorithm, name)(group, params, grads, state)
+
+
+def _subset(fn, idx, group, params, grads, state):
+    """Run ``fn`` on the params ``idx`` only; state it creates is stored back."""
+    sub = {k: [v[i] for i in idx] for k, v in state.items()}
+    fn(group, [params[i] for i in idx], [grads[i] for i in idx], sub)
+    for k, v in sub.items():
+        for j, i in enumerate(idx):
+            state[k][i] = v[j]
+
+
+def _as_real(fn, group, params, grads, state):
+    """Run ``fn`` on real views of complex params/grads/state; state ``fn`` creates for a
+    complex param is stored back as complex."""
+    real = lambda t: torch.view_as_real(t) if torch.is_tensor(t) and torch.is_complex(t) else t  # noqa: E731
+    cplx = [torch.is_complex(p) for p in params]
+    views = {k: [real(t) for t in v] for k, v in state.items()}
+    passed = {k: list(v) for k, v in views.items()}
+    fn(group, [real(p) for p in params], [real(g) for g in grads], views)
+    for k, lst in views.items():
+        for i, new in enumerate(lst):
+            if new is passed[k][i]:
+                continue
+            if cplx[i] and torch.is_tensor(new) and not torch.is_complex(new):
+                new = torch.view_as_complex(new)
+            state[k][i] = new
+
+
+def _make_update(algorithm: str, module: str, fname: str, sparse_ok: bool):
+    def update(group, params, grads, state, grad_scale=None, found_inf=None):
+        grad_scale, found_inf = _amp_args(grad_scale, found_inf)
+        check_group(algorithm, group, params, grads, sparse_ok)
+        if sparse_ok and any(g.is_sparse for g in grads):
+            # sparse grads are not fused: the for-loop reference updates those params
+            sparse = [i for i, g in enumerate(grads) if g.is_sparse]
+            dense = [i for i, g in enumerate(grads) if not g.is_sparse]
+            if grad_scale is not None or found_inf is not None:
+                raise RuntimeError(f"optimlab {algorithm} (triton): AMP scaling with sparse grads "
+                                   "is not supported")
+            _subset(_dispatch.kernel(algorithm, "forloop"), sparse, group, params, grads, state)
+            if dense:
+                _subset(update, dense, group, params, grads, state)
+            return
+        if any(torch.is_complex(p) for p in params):
+            # the base views complex as real unless the class opts out (SGD, Adagrad): do it here
+            return _as_real(
+                lambda *a: update(*a, grad_scale=grad_scale, found_inf=found_inf),
+                group, params, grads, state,
+            )
+        fn = getattr(importlib.import_module(f"{__name__}.{module}"), fname)
+        try:
+            return fn(group, params, grads, state, grad_scale=grad_scale, found_inf=found_inf)
+        except KernelCompileError as e:
+            if _explicit(group):
+                raise RuntimeError(
+                    f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
+                    "pass fused=None (or unset OPTIMLAB_BACKEND) to fall back to foreach"
+                ) from e
+            _dispatch.warn_once(
+                f"triton-compile:{algorithm}",
+                f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
+                "falling back to the foreach backend",
+            )
+            return _fallback(algorithm, group, params, grads, state, grad_scale, found_inf)
+
+    update.__name__ = f"_{algorithm}_triton"
+    update.__qualname__ = update.__name__
+    return update
+
+
+def _register() -> None:
+    for algorithm, (module, fname, sparse_ok) in KERNELS.items():
+        _dispatch.register(algorithm, "triton")(_make_update(algorithm, module, fname, sparse_ok))
+    _dispatch.register_availability("triton", available)
+
+
+_register()

@@ -1,0 +1,118 @@
+"""Compile every Triton kernel ahead of time for a CUDA target, without a GPU.
+
+``python -m optimlab.kernels.triton._aot_check [--arch 90]`` compiles each kernel of
+the backend, for each storage dtype and each flag combination, down to a cubin
+(Triton ships ptxas). It catches what the interpreter accepts but the compiler does
+not (types, casts, control flow). Must run with ``TRITON_INTERPRET`` unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+KERNELS = {
+    # module: [(kernel, n_roles, {flag: choices})]
+    "adam_family": [
+        ("_adam_kernel", 5, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1, 2), "AMSGRAD": (0, 1)}),
+        ("_adamax_kernel", 4, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1)}),
+        ("_nadam_kernel", 4, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1, 2)}),
+        ("_radam_kernel", 4, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1, 2)}),
+    ],
+    "sgd_family": [
+        ("_sgd_kernel", 3, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1), "MOMENTUM": (0, 1), "NESTEROV": (0, 1)}),
+        ("_asgd_kernel", 3, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1)}),
+        ("_rprop_kernel", 4, {"MAXIMIZE": (0, 1)}),
+    ],
+    "adagrad_family": [
+        ("_adagrad_kernel", 3, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1)}),
+        ("_rmsprop_kernel", 5, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1), "MOMENTUM": (0, 1), "CENTERED": (0, 1)}),
+        ("_adadelta_kernel", 4, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1)}),
+    ],
+}
+
+_PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
+
+
+def _variants(flags: dict, exhaustive: bool):
+    names = list(flags)
+    if exhaustive:
+        for combo in itertools.product(*(flags[n] for n in names)):
+            yield dict(zip(names, combo))
+    else:  # all off, all on, and each flag's values alone
+        yield {n: flags[n][0] for n in names}
+        yield {n: flags[n][-1] for n in names}
+        for n in names:
+            for v in flags[n][1:-1]:
+                yield {**{m: flags[m][0] for m in names}, n: v}
+
+
+def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick: bool = False) -> int:
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    count = 0
+    for module, kernels in KERNELS.items():
+        mod = importlib.import_module(f"optimlab.kernels.triton.{module}")
+        for name, n_roles, flags in kernels:
+            kernel = getattr(mod, name)
+            for dtype in ("float32", "bfloat16", "float16", "float64"):
+                for amp in ((False, False), (True, True)):
+                    variants = list(_variants(flags, exhaustive))
+                    if quick:  # all flags on with AMP in fp32/bf16, all off in fp16/fp64
+                        keep = amp[0] == (dtype in ("float32", "bfloat16"))
+                        variants = variants[1:2] if amp[0] else variants[:1]
+                        variants = variants if keep else []
+                    for var in variants:
+                        constexprs = dict(
+                            N_ROLES=n_roles, N_GROUP=7, N_PER=3, ACC64=dtype == "float64",
+                            HAS_SCALE=amp[0], HAS_INF=amp[1], BLOCK=1024, ITERS=4,
+                            **{k: (bool(v) if k != "WD_MODE" else v) for k, v in var.items()},
+                        )
+                        sig = {}
+                        for i, arg in enumerate(kernel.arg_names):
+                            if arg in constexprs:
+                                sig[arg] = "constexpr"
+                            elif arg == "itab":
+                                sig[arg] = "*i64"
+                            elif arg == "stab":
+                                sig[arg] = "*fp64"
+                            elif arg in ("grad_scale", "found_inf"):
+                                sig[arg] = "*fp32"
+                            elif arg in ("n_tensors", "n_entries"):
+                                sig[arg] = "i32"
+                            else:
+                                sig[arg] = _PTR[dtype]
+                        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+                        t0 = time.time()
+                        triton.compile(src, target=target)
+                        count += 1
+                        if verbose:
+                            print(f"{name} {dtype} {var} amp={amp[0]}: {time.time() - t0:.2f}s")
+    return count
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--exhaustive", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="one variant per kernel and dtype")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET to compile", file=sys.stderr)
+        return 2
+    n = check(args.arch, args.exhaustive, args.verbose, args.quick)
+    print(f"compiled {n} kernel variants for sm_{args.arch}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""``@triton.jit`` building blocks shared by every optimlab Triton kernel.
+
+Conventions (see docs/triton-backend.md):
+
+* one program handles one *(tensor, chunk)* entry of the launch table built by
+  :mod:`._launcher`; :func:`entry` decodes it;
+* tensors are addressed through a packed ``int64`` table of base addresses
+  (``data_ptr``), one row per role (param, grad, state...), cast back to typed
+  pointers with the element type of a *reference* pointer argument of the role;
+* math runs in fp32 (fp64 when the param is fp64: ``ACC64``), whatever the storage
+  dtype; loads widen, :func:`store` narrows;
+* host scalars arrive in one fp64 table: group scalars first, then one row of
+  per-tensor scalars (``scalar``/``tensor_scalar``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def entry(itab, N_ROLES: tl.constexpr, n_tensors, n_entries):
+    """``(tensor index, first element of the chunk, numel)`` of this program's entry."""
+    pid = tl.program_id(0)
+    base = N_ROLES * n_tensors + n_tensors
+    ti = tl.load(itab + base + pid)
+    start = tl.load(itab + base + n_entries + pid)
+    numel = tl.load(itab + N_ROLES * n_tensors + ti)
+    return ti, start, numel
+
+
+@triton.jit
+def tensor_ptr(itab, role, n_tensors, ti, ref):
+    """Typed base pointer of tensor ``ti`` in row ``role`` (element type of ``ref``)."""
+    return tl.load(itab + role * n_tensors + ti).to(ref.dtype)
+
+
+@triton.jit
+def acc(x, ACC64: tl.constexpr):
+    """``x`` in the compute dtype (fp64 for fp64 params, fp32 otherwise)."""
+    if ACC64:
+        return x.to(tl.float64)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def scalar(stab, k, ACC64: tl.constexpr):
+    """Group scalar ``k`` of the fp64 scalar table, in the compute dtype."""
+    return acc(tl.load(stab + k), ACC64)
+
+
+@triton.jit
+def tensor_scalar(stab, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ti, k, ACC64: tl.constexpr):
+    """Per-tensor scalar ``k`` of tensor ``ti``."""
+    return acc(tl.load(stab + N_GROUP + ti * N_PER + k), ACC64)
+
+
+@triton.jit
+def load(ptr, offs, mask, ACC64: tl.constexpr):
+    return acc(tl.load(ptr + offs, mask=mask, other=0), ACC64)
+
+
+@triton.jit
+def store(ptr, offs, val, mask):
+    """Store in the pointer's dtype (via fp32 for bf16: the interpreter cannot cast fp64 -> bf16)."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        val = val.to(tl.float32)
+    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def sqrt(x, ACC64: tl.constexpr):
+    """IEEE-rounded square root (as torch's)."""
+    if ACC64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def div(a, b, ACC64: tl.constexpr):
+    """IEEE-rounded division (Triton's default fp32 ``/`` is approximate)."""
+    if ACC64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def skip_step(found_inf, HAS_INF: tl.constexpr):
+    """True when AMP found an inf/nan in the grads: the whole step is skipped."""
+    if HAS_INF:
+        return tl.load(found_inf) != 0
+    else:
+        return False
+
+
+@triton.jit
+def grad_in(gp, offs, mask, grad_scale, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+            ACC64: tl.constexpr):
+    """Load the grad; unscale it (AMP: the unscaled grad is written back, as torch's fused
+    optimizers do); negate it for ``maximize``."""
+    g = load(gp, offs, mask, ACC64)
+    if HAS_SCALE:
+        g = div(g, acc(tl.load(grad_scale), ACC64), ACC64)
+        store(gp, offs, g, mask)
+    if MAXIMIZE:
+        g = -g
+    return g
+
+
+@triton.jit
+def weight_decay(p, g, wd, decay, WD_MODE: tl.constexpr):
+    """Weight decay: 0 none; 1 L2 (``g += wd * p``); 2 decoupled (``p *= decay``,
+    ``decay = 1 - lr * wd`` computed on the host). Returns ``(p, g)``."""
+    if WD_MODE == 1:
+        g = g + wd * p
+    elif WD_MODE == 2:
+        p = p * decay
+    return p, g
+
+
+@triton.jit
+def lerp(a, b, w):
+    """``torch.lerp(a, b, w)`` with torch's formula, fused multiply-adds included (as its
+    vectorised CPU kernel and its CUDA kernel compute it; exact at w = 0 and w = 1)."""
+    d = b - a
+    ww = w + tl.zeros_like(d)
+    return tl.where(w < 0.5, tl.fma(ww, d, a), tl.fma(ww - 1, d, b))
+
+
+@triton.jit
+def ema_sq(v, g, beta, one_minus_beta):
+    """``v.mul_(beta).addcmul_(g, g, value=1 - beta)`` (second moment)."""
+    return v * beta + one_minus_beta * g * g

@@ -1,0 +1,282 @@
+"""Adam / AdamW (+ amsgrad) as one fused multi-tensor kernel.
+
+Host scalars come from :func:`optimlab.adam.adam_scalars` (the one place bias
+corrections are computed); the kernel only applies them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...adam import adam_scalars
+from ...optimizer import _to_scalar
+from . import _helpers as h
+from ._host import commit_steps, next_steps, per_tensor, value
+from ._launcher import launch
+
+
+@triton.jit
+def _adam_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, m_ref, v_ref, vmax_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr, AMSGRAD: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
+    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
+    w1 = h.scalar(stab, 0, ACC64)  # 1 - beta1
+    beta2 = h.scalar(stab, 1, ACC64)
+    omb2 = h.scalar(stab, 2, ACC64)  # 1 - beta2
+    eps = h.scalar(stab, 3, ACC64)
+    wd = h.scalar(stab, 4, ACC64)
+    decay = h.scalar(stab, 5, ACC64)  # 1 - lr * wd
+    neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        p = h.load(pp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
+        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
+        v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
+        h.store(mp, offs, m, mask)
+        h.store(vp, offs, v, mask)
+        if AMSGRAD:
+            vmaxp = h.tensor_ptr(itab, 4, n_tensors, ti, vmax_ref)
+            v = tl.maximum(h.load(vmaxp, offs, mask, ACC64), v)
+            h.store(vmaxp, offs, v, mask)
+        denom = h.div(h.sqrt(v, ACC64), bc2_sqrt, ACC64) + eps
+        p = p + neg_step_size * h.div(m, denom, ACC64)
+        h.store(pp, offs, p, mask)
+
+
+def _neg_adam_scalars(lr, beta1, beta2, step):
+    step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, step)
+    return -step_size, bc2_sqrt
+
+
+def _wd_mode(group) -> int:
+    if group["weight_decay"] == 0:
+        return 0
+    return 2 if group.get("decoupled_weight_decay") else 1
+
+
+def adam(group, params, grads, state, grad_scale=None, found_inf=None):
+    lr = _to_scalar(group["lr"])
+    beta1, beta2 = (_to_scalar(b) for b in group["betas"])
+    wd, amsgrad = group["weight_decay"], group["amsgrad"]
+    steps = state["step"]
+    ref = params[0]
+    b1, b2 = value(beta1, ref), value(beta2, ref)
+    columns = per_tensor(_neg_adam_scalars, next_steps(steps, group["capturable"]), lr, beta1, beta2)
+    decay = 1 - lr * wd if wd != 0 and group.get("decoupled_weight_decay") else 1.0
+    group_scalars = [1 - b1, b2, 1 - b2, group["eps"], wd, decay]
+    roles = [params, grads, state["exp_avg"], state["exp_avg_sq"],
+             state["max_exp_avg_sq"] if amsgrad else None]
+    launch(
+        _adam_kernel, roles, written=range(len(roles)),
+        group_scalars=group_scalars, columns=columns,
+        grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group), AMSGRAD=bool(amsgrad),
+    )
+    commit_steps(steps, found_inf)
+
+
+# ---- Adamax ------------------------------------------------------------------------------
+@triton.jit
+def _adamax_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, m_ref, u_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
+    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref)
+    w1 = h.scalar(stab, 0, ACC64)
+    beta2 = h.scalar(stab, 1, ACC64)
+    eps = h.scalar(stab, 2, ACC64)
+    wd = h.scalar(stab, 3, ACC64)
+    neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        p = h.load(pp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        p, g = h.weight_decay(p, g, wd, wd, WD_MODE)
+        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
+        u = tl.maximum(h.load(up, offs, mask, ACC64) * beta2, tl.abs(g) + eps)
+        h.store(mp, offs, m, mask)
+        h.store(up, offs, u, mask)
+        h.store(pp, offs, p + neg_step_size * h.div(m, u, ACC64), mask)
+
+
+def _neg_adamax_step(lr, beta1, step):
+    from ...adamax import adamax_bias_correction
+
+    return (-(lr / adamax_bias_correction(beta1, step)),)
+
+
+def adamax(group, params, grads, state, grad_scale=None, found_inf=None):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    steps = state["step"]
+    ref = params[0]
+    columns = per_tensor(_neg_adamax_step, next_steps(steps, group["capturable"]), lr, beta1)
+    launch(
+        _adamax_kernel, [params, grads, state["exp_avg"], state["exp_inf"]], written=(0, 1, 2, 3),
+        group_scalars=[1 - value(beta1, ref), value(beta2, ref), group["eps"], group["weight_decay"]],
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), WD_MODE=1 if group["weight_decay"] != 0 else 0,
+    )
+    commit_steps(steps, found_inf)
+
+
+# ---- NAdam -------------------------------------------------------------------------------
+@triton.jit
+def _nadam_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, m_ref, v_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
+    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
+    w1 = h.scalar(stab, 0, ACC64)
+    beta2 = h.scalar(stab, 1, ACC64)
+    omb2 = h.scalar(stab, 2, ACC64)
+    eps = h.scalar(stab, 3, ACC64)
+    wd = h.scalar(stab, 4, ACC64)
+    decay = h.scalar(stab, 5, ACC64)
+    bc2 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    grad_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
+    exp_avg_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        p = h.load(pp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
+        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
+        v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
+        h.store(mp, offs, m, mask)
+        h.store(vp, offs, v, mask)
+        denom = h.sqrt(h.div(v, bc2, ACC64), ACC64) + eps
+        p = p + grad_step * h.div(g, denom, ACC64)
+        p = p + exp_avg_step * h.div(m, denom, ACC64)
+        h.store(pp, offs, p, mask)
+
+
+def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
+    from ...nadam import nadam_scalars
+
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    wd, md, capturable = group["weight_decay"], group["momentum_decay"], group["capturable"]
+    steps, mus = state["step"], state["mu_product"]
+    ref = params[0]
+    nxt = next_steps(steps, capturable)
+    if isinstance(nxt, list):  # mu_product advances on a copy, committed after the launch
+        new_mus = [mu.clone() for mu in mus]
+        cols = [nadam_scalars(lr, beta1, beta2, md, s, mu, capturable) for s, mu in zip(nxt, new_mus)]
+        columns = [list(c) for c in zip(*cols)]
+    else:
+        mu_vec = torch.stack([mu.reshape(()) for mu in mus])
+        columns = list(nadam_scalars(lr, beta1, beta2, md, nxt.to(mu_vec.dtype) if capturable else nxt,
+                                     mu_vec, True))
+        new_mus = list(mu_vec.unbind())
+    decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
+    launch(
+        _nadam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]], written=(0, 1, 2, 3),
+        group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay],
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
+    )
+    if found_inf is not None:
+        keep = found_inf.to(mus[0].device) != 0
+        new_mus = [torch.where(keep, old, new.to(old.dtype)) for old, new in zip(mus, new_mus)]
+    torch._foreach_copy_(mus, [n.reshape(o.shape).to(o.dtype) for o, n in zip(mus, new_mus)])
+    commit_steps(steps, found_inf)
+
+
+# ---- RAdam -------------------------------------------------------------------------------
+@triton.jit
+def _radam_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, m_ref, v_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
+    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
+    w1 = h.scalar(stab, 0, ACC64)
+    beta2 = h.scalar(stab, 1, ACC64)
+    omb2 = h.scalar(stab, 2, ACC64)
+    eps = h.scalar(stab, 3, ACC64)
+    wd = h.scalar(stab, 4, ACC64)
+    decay = h.scalar(stab, 5, ACC64)
+    lr = h.scalar(stab, 6, ACC64)
+    bc1 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
+    rect = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        p = h.load(pp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
+        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
+        v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
+        h.store(mp, offs, m, mask)
+        h.store(vp, offs, v, mask)
+        upd = h.div(m, bc1, ACC64) * lr
+        adaptive = h.div(bc2_sqrt + 0 * v, h.sqrt(v, ACC64) + eps, ACC64)
+        upd = tl.where(rect > 0, upd * adaptive * rect, upd)
+        h.store(pp, offs, p - upd, mask)
+
+
+def _radam_cols(lr, beta1, beta2, step):
+    from ...radam import radam_scalars
+
+    bc1, bc2_sqrt, rect, _, _ = radam_scalars(lr, beta1, beta2, step)
+    return bc1, bc2_sqrt, rect
+
+
+def radam(group, params, grads, state, grad_scale=None, found_inf=None):
+    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
+    wd = group["weight_decay"]
+    steps = state["step"]
+    ref = params[0]
+    columns = per_tensor(_radam_cols, next_steps(steps, group["capturable"]), lr, beta1, beta2)
+    decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
+    launch(
+        _radam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]], written=(0, 1, 2, 3),
+        group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay, value(lr, ref)],
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
+    )
+    commit_steps(steps, found_inf)

@@ -1,0 +1,191 @@
+"""SGD (momentum, dampening, Nesterov), ASGD and Rprop as fused multi-tensor kernels."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...optimizer import _to_scalar
+from . import _helpers as h
+from ._host import commit_steps, next_steps, per_tensor, value
+from ._launcher import launch
+
+
+
+@triton.jit
+def _sgd_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, b_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    neg_lr = h.scalar(stab, 0, ACC64)
+    wd = h.scalar(stab, 1, ACC64)
+    momentum = h.scalar(stab, 2, ACC64)
+    one_minus_dampening = h.scalar(stab, 3, ACC64)
+    first = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1: the buffer is new
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        p = h.load(pp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        if HAS_WD:
+            g = g + wd * p
+        if MOMENTUM:
+            bp = h.tensor_ptr(itab, 2, n_tensors, ti, b_ref)
+            b = h.load(bp, offs, mask, ACC64)
+            b = tl.where(first != 0, g, b * momentum + one_minus_dampening * g)
+            h.store(bp, offs, b, mask)
+            if NESTEROV:
+                g = g + momentum * b
+            else:
+                g = b
+        h.store(pp, offs, p + neg_lr * g, mask)
+
+
+def sgd(group, params, grads, state, grad_scale=None, found_inf=None):
+    lr, wd, momentum = _to_scalar(group["lr"]), group["weight_decay"], group["momentum"]
+    ref = params[0]
+    bufs = state.get("momentum_buffer")
+    new_bufs, first = None, [0.0] * len(params)
+    if momentum != 0:
+        new_bufs = list(bufs)
+        for i, b in enumerate(bufs):
+            if b is None:
+                new_bufs[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
+                first[i] = 1.0
+    launch(
+        _sgd_kernel, [params, grads, new_bufs], written=(0, 1, 2),
+        group_scalars=[-value(lr, ref), value(wd, ref), momentum, 1 - group["dampening"]],
+        columns=[first], grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), HAS_WD=bool(wd != 0), MOMENTUM=momentum != 0,
+        NESTEROV=bool(group["nesterov"]),
+    )
+    if new_bufs is not None:
+        bufs[:] = new_bufs
+
+
+@triton.jit
+def _asgd_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, ax_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    axp = h.tensor_ptr(itab, 2, n_tensors, ti, ax_ref)
+    wd = h.scalar(stab, 0, ACC64)
+    decay = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1 - lambd * eta
+    neg_eta = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
+    mu = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        p = h.load(pp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        if HAS_WD:
+            g = g + wd * p
+        p = p * decay
+        p = p + neg_eta * g
+        h.store(pp, offs, p, mask)
+        ax = h.load(axp, offs, mask, ACC64)
+        ax = tl.where(mu != 1, ax + (p - ax) * mu, p)
+        h.store(axp, offs, ax, mask)
+
+
+def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
+    from ...asgd import asgd_eta, asgd_mu
+
+    lr, lambd, alpha, t0 = _to_scalar(group["lr"]), group["lambd"], group["alpha"], group["t0"]
+    steps, etas, mus = state["step"], state["eta"], state["mu"]
+    ref = params[0]
+    capturable = group["capturable"]
+    if capturable:
+        eta_vals = [e.reshape(()) for e in etas]
+        decay = [1 - lambd * e for e in eta_vals]
+        mu_vals = [m.reshape(()) for m in mus]
+    else:
+        eta_vals = [e.item() for e in etas]
+        decay = [1 - lambd * e for e in eta_vals]
+        mu_vals = [m.item() for m in mus]
+    launch(
+        _asgd_kernel, [params, grads, state["ax"]], written=(0, 1, 2),
+        group_scalars=[value(group["weight_decay"], ref)],
+        columns=[decay, [-e for e in eta_vals], mu_vals],
+        grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
+    )
+    if found_inf is not None and not capturable and float(found_inf) != 0:
+        return
+    commit_steps(steps, found_inf)
+    # eta and mu after this step, from the shared scalar functions (as the for-loop)
+    for eta, mu, s in zip(etas, mus, steps):
+        if capturable:
+            new_eta, new_mu = asgd_eta(lr, lambd, alpha, s), asgd_mu(t0, s)
+            if found_inf is not None:  # skipped step: keep the old values
+                keep = found_inf.to(eta.device) != 0
+                new_eta, new_mu = torch.where(keep, eta, new_eta), torch.where(keep, mu, new_mu)
+            eta.copy_(new_eta)
+            mu.copy_(new_mu)
+        else:
+            step = float(s)
+            eta.copy_(torch.as_tensor(asgd_eta(lr, lambd, alpha, step)))
+            mu.copy_(torch.as_tensor(asgd_mu(t0, step)))
+
+
+@triton.jit
+def _rprop_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    p_ref, g_ref, prev_ref, size_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+):
+    if h.skip_step(found_inf, HAS_INF):
+        return
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    prevp = h.tensor_ptr(itab, 2, n_tensors, ti, prev_ref)
+    sp = h.tensor_ptr(itab, 3, n_tensors, ti, size_ref)
+    etaminus = h.scalar(stab, 0, ACC64)
+    etaplus = h.scalar(stab, 1, ACC64)
+    size_min = h.scalar(stab, 2, ACC64)
+    size_max = h.scalar(stab, 3, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        prod = g * h.load(prevp, offs, mask, ACC64)
+        # torch: factor = etaplus / etaminus / 1 for sign +/-/0 (NaN stays NaN)
+        factor = tl.where(prod > 0, etaplus, tl.where(prod < 0, etaminus, tl.where(prod == 0, 1.0, prod)))
+        size = h.load(sp, offs, mask, ACC64) * factor
+        size = tl.minimum(tl.maximum(size, size_min), size_max)
+        h.store(sp, offs, size, mask)
+        g = tl.where(factor == etaminus, 0.0, g)
+        sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
+        h.store(pp, offs, h.load(pp, offs, mask, ACC64) - sign * size, mask)
+        h.store(prevp, offs, g, mask)
+
+
+def rprop(group, params, grads, state, grad_scale=None, found_inf=None):
+    etaminus, etaplus = group["etas"]
+    size_min, size_max = group["step_sizes"]
+    launch(
+        _rprop_kernel, [params, grads, state["prev"], state["step_size"]], written=(0, 1, 2, 3),
+        group_scalars=[etaminus, etaplus, size_min, size_max],
+        grad_scale=grad_scale, found_inf=found_inf, MAXIMIZE=bool(group["maximize"]),
+    )
+    commit_steps(state["step"], found_inf)

@@ -1,0 +1,353 @@
+"""The C++ CPU backend ("cpp") beyond the parity harness.
+
+test_parity.py runs the cpp backend on every configuration of torch's database
+(``OPTIMLAB_BACKEND=cpp`` against torch's for-loop). Here: the odd tensors
+(zero-size, 0-dim, non-contiguous, transposed, channels_last, grads missing on
+some steps, mixed dtypes incl. bf16/fp16, NaN/inf grads), ``fused=True``
+selection, AMP (grad_scale/found_inf, GradScaler) and the no-compiler path.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import optimlab
+import optimlab.kernels.cpu as cpu  # registers the cpp backend
+from optimlab import _dispatch
+
+# name -> list of constructor kwargs covering the options of each algorithm
+CASES = {
+    "Adam": [dict(lr=0.05), dict(lr=0.05, weight_decay=0.1, amsgrad=True, maximize=True)],
+    "AdamW": [dict(lr=0.05, amsgrad=True)],
+    "SGD": [dict(lr=0.1), dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+            dict(lr=0.1, momentum=0.8, dampening=0.3, maximize=True)],
+    "Adagrad": [dict(lr=0.1, lr_decay=0.1, weight_decay=0.1, initial_accumulator_value=0.1)],
+    "Adadelta": [dict(lr=0.5, weight_decay=0.1, maximize=True)],
+    "Adamax": [dict(lr=0.1, weight_decay=0.1)],
+    "ASGD": [dict(lr=0.05, t0=2, lambd=0.1, weight_decay=0.1)],
+    "NAdam": [dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True)],
+    "RAdam": [dict(lr=0.05, weight_decay=0.1)],
+    "RMSprop": [dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.1),
+                dict(lr=0.01, alpha=0.9, maximize=True)],
+    "Rprop": [dict(lr=0.1, etas=(0.3, 1.9), step_sizes=(0.01, 0.5))],
+}
+ALL = [pytest.param(name, kw, id=f"{name}-{i}") for name, kws in CASES.items() for i, kw in enumerate(kws)]
+STEPS = 7  # RAdam rectifies from step 6 on
+
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    # the kernels round once per step; the for-loop rounds after every op
+    torch.bfloat16: dict(rtol=5e-2, atol=5e-2),
+    torch.float16: dict(rtol=1e-2, atol=1e-2),
+}
+TOL[torch.complex128], TOL[torch.complex64] = TOL[torch.float64], TOL[torch.float32]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpp_available():
+    why = cpu.availability()
+    if why is not None:
+        pytest.skip(why)
+
+
+def _backend(opt):
+    return {c.name for c in opt.backends()}
+
+
+def _grad_for(p: torch.Tensor, step: int, i: int) -> torch.Tensor:
+    """A deterministic gradient for ``p`` at ``step`` (same values whatever p's layout)."""
+    gen = torch.Generator().manual_seed(1000 * step + i)
+    g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    if step % 3 == 2:  # flip some signs so Rprop sees sign changes
+        g = -g
+    return g.to(p.dtype)
+
+
+def _clone_params(params):
+    out = []
+    for p in params:
+        q = torch.empty_strided(p.size(), p.stride(), dtype=p.dtype)
+        q.copy_(p.detach())
+        out.append(q.requires_grad_())
+    return out
+
+
+def _run(name, kwargs, params, grads_fn, backend, steps=STEPS):
+    """Run ``steps`` steps with ``backend`` ("cpp" or "forloop") on copies of ``params``."""
+    params = _clone_params(params)
+    flags = dict(foreach=False) if backend == "forloop" else {}
+    opt = getattr(optimlab, name)(params, **kwargs, **flags)
+    with pytest.MonkeyPatch.context() as mp:
+        if backend == "cpp":
+            mp.setenv("OPTIMLAB_BACKEND", "cpp")
+        for step in range(steps):
+            for i, p in enumerate(params):
+                g = grads_fn(p, step, i)
+                p.grad = None if g is None else g
+            opt.step()
+        assert _backend(opt) == {backend}
+    return params, opt
+
+
+def _assert_same(ours, ref, equal_nan=False):
+    (po, oo), (pr, orf) = ours, ref
+    for a, b in zip(po, pr):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a.detach(), b.detach(), equal_nan=equal_nan, **TOL[a.dtype])
+    so, sr = oo.state_dict()["state"], orf.state_dict()["state"]
+    assert so.keys() == sr.keys()
+    for k in sr:
+        assert list(so[k]) == list(sr[k])
+        for key, v in sr[k].items():
+            if torch.is_tensor(v):
+                tol = TOL.get(v.dtype, TOL[torch.float32])
+                assert so[k][key].dtype == v.dtype, (k, key)
+                torch.testing.assert_close(so[k][key], v, equal_nan=equal_nan, **tol)
+
+
+def _compare(name, kwargs, params, grads_fn=_grad_for, equal_nan=False, steps=STEPS):
+    ours = _run(name, kwargs, params, grads_fn, "cpp", steps)
+    ref = _run(name, kwargs, params, grads_fn, "forloop", steps)
+    _assert_same(ours, ref, equal_nan)
+    return ours
+
+
+def _randn(*shape, dtype=torch.float64, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ---- odd tensors -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_zero_size_and_0dim(name, kwargs):
+    params = [_randn(0), _randn(3, 0, 2), _randn(()), _randn(5), _randn(70000, seed=1)]
+    _compare(name, kwargs, params)
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_non_contiguous_views(name, kwargs):
+    base = _randn(6, 8)
+    strided = base[:, ::2]  # a view with a gap: not dense
+    transposed = _randn(5, 7, seed=1).t()  # dense, not contiguous
+    big = _randn(300, 400, seed=2).t()  # enough elements for several parallel chunks
+    params = [strided, transposed, big]
+
+    def grads(p, step, i):  # grads contiguous while the params are not
+        return _grad_for(p, step, i).contiguous()
+
+    _compare(name, kwargs, params, grads)
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_transposed_param_contiguous_grad(name, kwargs):
+    """torch 2.13's fused CPU Adam gets this wrong (it pairs elements by memory order)."""
+    p = _randn(64, 33).t()
+    (ours,), _ = _compare(name, kwargs, [p], lambda p, s, i: _grad_for(p, s, i).contiguous())
+    assert ours.stride() == p.stride()  # updated in place, layout kept
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+@pytest.mark.parametrize("grad_layout", ["channels_last", "contiguous"])
+def test_channels_last(name, kwargs, grad_layout):
+    p = _randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if grad_layout == "channels_last" else torch.contiguous_format
+
+    def grads(p, step, i):
+        return _grad_for(p, step, i).contiguous(memory_format=fmt)
+
+    (ours,), _ = _compare(name, kwargs, [p], grads)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_grads_missing_on_some_steps(name, kwargs):
+    params = [_randn(4, 3), _randn(5, seed=1), _randn(7, seed=2)]
+
+    def grads(p, step, i):
+        if (i == 1 and step % 2 == 0) or (i == 2 and step < 3):
+            return None
+        return _grad_for(p, step, i)
+
+    _compare(name, kwargs, params, grads)
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_mixed_dtypes_in_one_group(name, kwargs):
+    shapes = [(40,), (3, 5), (33,), (2, 9)]
+    dtypes = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+    params = [(_randn(*s, seed=i) * 0.5).to(d) for i, (s, d) in enumerate(zip(shapes, dtypes))]
+    ours, opt = _compare(name, kwargs, params)
+    for p, d in zip(ours, dtypes):
+        assert p.dtype == d
+        for v in opt.state[p].values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                assert v.dtype == d  # state stays in the param's dtype
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_nan_and_inf_grads(name, kwargs):
+    params = [_randn(50), _randn(3, 4, seed=1)]
+
+    def grads(p, step, i):
+        g = _grad_for(p, step, i)
+        if step == 1:
+            g.view(-1)[3] = float("nan")
+        if step == 2:
+            g.view(-1)[5] = float("inf")
+            g.view(-1)[6] = float("-inf")
+        return g
+
+    _compare(name, kwargs, params, grads, equal_nan=True, steps=4)
+
+
+@pytest.mark.parametrize("name,kwargs", ALL)
+def test_complex_params(name, kwargs):
+    params = [torch.randn(4, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(0)),
+              _randn(5)]
+    _compare(name, kwargs, params)
+
+
+# ---- selection ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_fused_true_selects_cpp(name):
+    p = torch.nn.Parameter(_randn(10))
+    opt = getattr(optimlab, name)([p], lr=0.1, fused=True)
+    assert opt.backends()[0].name == "cpp"
+    assert opt.backends()[0].reason == "fused=True"
+    p.grad = _grad_for(p, 0, 0)
+    opt.step()
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_fused_matches_torch_fused(name):
+    """Same numbers as torch's own fused CPU kernel (contiguous tensors, where torch is right)."""
+    kwargs = dict(lr=0.1, weight_decay=0.1) | (dict(momentum=0.9) if name == "SGD" else {})
+    ps = [_randn(300, seed=0), _randn(4, 5, seed=1)]
+    ours = [p.clone().requires_grad_() for p in ps]
+    ref = [p.clone().requires_grad_() for p in ps]
+    o = getattr(optimlab, name)(ours, fused=True, **kwargs)
+    r = getattr(torch.optim, name)(ref, fused=True, **kwargs)
+    for step in range(4):
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            a.grad = _grad_for(a, step, i)
+            b.grad = _grad_for(b, step, i)
+        o.step()
+        r.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_default_on_cpu_is_cpp():
+    p = torch.nn.Parameter(_randn(10))
+    for name in CASES:
+        opt = getattr(optimlab, name)([p])
+        assert opt.backends()[0].name == "cpp", name
+
+
+# ---- AMP ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("found", [0.0, 1.0])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adagrad", "SGD"])
+def test_grad_scale_and_found_inf_like_torch_fused(name, found):
+    kwargs = dict(lr=0.1) | (dict(momentum=0.9) if name == "SGD" else {})
+    ps = [_randn(100, seed=0), _randn(3, 4, seed=1)]
+    ours = [p.clone().requires_grad_() for p in ps]
+    ref = [p.clone().requires_grad_() for p in ps]
+    o = getattr(optimlab, name)(ours, fused=True, **kwargs)
+    r = getattr(torch.optim, name)(ref, fused=True, **kwargs)
+    scale = torch.tensor(64.0)
+    for step in range(3):
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            a.grad = _grad_for(a, step, i) * 64
+            b.grad = _grad_for(b, step, i) * 64
+        found_inf = torch.tensor(found if step == 1 else 0.0)
+        for opt in (o, r):  # what torch.amp.GradScaler does around step()
+            opt.grad_scale, opt.found_inf = scale, found_inf
+            opt.step()
+            del opt.grad_scale, opt.found_inf
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+            torch.testing.assert_close(a.grad, b.grad, **TOL[torch.float64])  # unscaled in place
+    so, sr = o.state_dict()["state"], r.state_dict()["state"]
+    for k in sr:
+        for key in sr[k]:
+            torch.testing.assert_close(so[k][key], sr[k][key], **TOL[torch.float64])
+
+
+def test_grad_scaler_end_to_end():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    ref_model = torch.nn.Linear(8, 4)
+    ref_model.load_state_dict(model.state_dict())
+    ours = optimlab.Adam(model.parameters(), lr=0.01, fused=True)
+    ref = torch.optim.Adam(ref_model.parameters(), lr=0.01, fused=True)
+    s1 = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    s2 = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x = torch.randn(16, 8)
+    for step in range(4):
+        for m, opt, scaler in ((model, ours, s1), (ref_model, ref, s2)):
+            opt.zero_grad()
+            loss = m(x).pow(2).sum() * (float("inf") if step == 2 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        for a, b in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(a, b)
+        assert s1.get_scale() == s2.get_scale()
+
+
+def test_version_counter_bumped():
+    """An in-place update through raw pointers is still seen by autograd."""
+    p = torch.nn.Parameter(_randn(5))
+    opt = optimlab.SGD([p], lr=0.1, fused=True)
+    y = (p * p).sum()  # saves p for backward
+    p.grad = torch.ones_like(p)
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+# ---- unavailable -------------------------------------------------------------------------------
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """The real availability path on a machine without a compiler (nothing built yet)."""
+    monkeypatch.setattr(cpu, "_module", None)
+    monkeypatch.setattr(cpu, "_checked", False)
+    monkeypatch.setattr(cpu, "_unavailable_reason", None)
+    monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+
+
+def test_no_compiler_reason(no_compiler):
+    why = cpu.availability()
+    assert why is not None and "no C++ compiler found" in why
+
+
+def test_no_compiler_explicit_requests_raise(no_compiler, monkeypatch):
+    p = torch.nn.Parameter(_randn(4))
+    p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="fused=True asks for the cpp backend.*no C\\+\\+ compiler"):
+        optimlab.Adam([p], fused=True).step()
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "cpp")
+    with pytest.warns(UserWarning) as record:  # the env override falls back, with a warning
+        optimlab.RMSprop([p]).step()
+    assert any("OPTIMLAB_BACKEND=cpp" in str(w.message) for w in record)
+
+
+def test_no_compiler_default_warns_once(no_compiler):
+    p = torch.nn.Parameter(_randn(4))
+    before = p.detach().clone()
+    p.grad = torch.ones_like(p)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler") as record:
+        opt = optimlab.Adam([p], lr=0.1)
+        opt.step()
+        optimlab.SGD([p], lr=0.1).step()
+        opt.step()
+    assert len([w for w in record if "C++" in str(w.message)]) == 1
+    assert opt.backends()[0].name == "foreach"
+    assert not torch.equal(p.detach(), before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # no second warning

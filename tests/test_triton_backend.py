@@ -1,0 +1,396 @@
+"""The Triton backend beyond the parity harness: layouts, multi-tensor launches, AMP,
+reduced precision, selection and bad inputs. Kernels run in Triton's CPU interpreter."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+
+import optimlab  # noqa: E402
+import optimlab.kernels.triton as ot  # noqa: E402
+from optimlab import _dispatch  # noqa: E402
+from optimlab.kernels.triton import _launcher  # noqa: E402
+
+FUSED = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adamax", "ASGD", "NAdam",
+         "RAdam", "Rprop"]
+KWARGS = {
+    "Adam": dict(lr=0.01, weight_decay=0.1, amsgrad=True),
+    "AdamW": dict(lr=0.01),
+    "SGD": dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "Adagrad": dict(lr=0.1, lr_decay=0.1, weight_decay=0.1),
+    "RMSprop": dict(lr=0.01, centered=True, momentum=0.5),
+    "Adadelta": dict(lr=0.5, weight_decay=0.1),
+    "Adamax": dict(lr=0.01, weight_decay=0.1),
+    "ASGD": dict(lr=0.05, t0=1, weight_decay=0.1),
+    "NAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+    "RAdam": dict(lr=0.01, weight_decay=0.1),
+    "Rprop": dict(lr=0.05),
+}
+
+
+@pytest.fixture
+def triton_env(monkeypatch):
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
+
+
+def _grads(params, seed, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale
+            for p in params]
+
+
+def _pair(name, tensors, **extra):
+    """(optimlab on triton, torch for-loop) on independent copies of ``tensors``."""
+    kw = {**KWARGS[name], **extra}
+    ours = [torch.nn.Parameter(t.clone()) for t in tensors]
+    ref = [torch.nn.Parameter(t.detach().clone()) for t in tensors]
+    flags = {"foreach": False} if name != "SGD" or True else {}
+    return ours, getattr(optimlab, name)(ours, **kw), ref, getattr(torch.optim, name)(ref, **kw, **flags)
+
+
+def _step_both(ours, o_opt, ref, r_opt, seed):
+    for p, g in zip(ours, _grads(ours, seed)):
+        p.grad = g.clone()
+    for p, g in zip(ref, _grads(ref, seed)):
+        p.grad = g.clone()
+    o_opt.step()
+    r_opt.step()
+
+
+def _close(ours, ref, o_opt, r_opt, **tol):
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
+    so, sr = o_opt.state_dict()["state"], r_opt.state_dict()["state"]
+    assert so.keys() == sr.keys()
+    for k in sr:
+        for key, v in sr[k].items():
+            if torch.is_tensor(v):
+                torch.testing.assert_close(so[k][key], v, **tol, msg=lambda m: f"{k}/{key}: {m}")
+
+
+# ---- layouts and multi-tensor launches ---------------------------------------------------
+@pytest.mark.parametrize("name", FUSED)
+def test_zero_size_noncontiguous_and_many_tensors(name, triton_env, monkeypatch):
+    """One launch over 40 tensors of mixed sizes (several chunks each, with looping
+    programs), zero-size tensors, a transposed (dense, permuted) and a strided
+    (non-dense) param: same as torch's for-loop in float64."""
+    monkeypatch.setattr(_launcher, "INTERPRET_BLOCK", 16)
+    monkeypatch.setattr(_launcher, "INTERPRET_ITERS", 2)
+    gen = torch.Generator().manual_seed(1)
+    sizes = [int(s) for s in torch.randint(1, 90, (40,), generator=gen)]
+    tensors = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
+    tensors += [torch.empty(0, dtype=torch.float64), torch.empty(3, 0, dtype=torch.float64)]
+    ours, o_opt, ref, r_opt = _pair(name, tensors)
+    # a permuted param and a strided view param (built after _pair: keep their layout)
+    base = torch.randn(6, 10, generator=gen, dtype=torch.float64)
+    for t in (base.t(), base[:, ::3]):
+        ours.append(torch.nn.Parameter(t.clone().detach().as_strided(t.shape, t.stride()) if False else t.clone()))
+    ours[-2] = torch.nn.Parameter(base.clone().t())
+    ours[-1] = torch.nn.Parameter(base.clone()[:, ::3])
+    assert not ours[-2].is_contiguous() and not ours[-1].is_contiguous()
+    ref += [torch.nn.Parameter(base.clone().t()), torch.nn.Parameter(base.clone()[:, ::3])]
+    kw = KWARGS[name]
+    o_opt = getattr(optimlab, name)(ours, **kw)
+    r_opt = getattr(torch.optim, name)(ref, **kw, foreach=False)
+    for seed in range(3):
+        _step_both(ours, o_opt, ref, r_opt, seed)
+    assert {c.name for c in o_opt.backends()} == {"triton"}
+    _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+def test_grad_with_other_strides(triton_env):
+    """A grad whose strides differ from its (contiguous) param's is staged, not misread."""
+    p = torch.randn(5, 7, dtype=torch.float64)
+    ours, o_opt, ref, r_opt = _pair("Adam", [p])
+    g = torch.randn(7, 5, dtype=torch.float64).t()
+    ours[0].grad, ref[0].grad = g, g.contiguous()
+    o_opt.step()
+    r_opt.step()
+    _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+def test_table_is_cached_and_entries_chunked(monkeypatch):
+    monkeypatch.setattr(_launcher, "INTERPRET_BLOCK", 8)
+    ts = [torch.zeros(20), torch.zeros(3), torch.zeros(0)]
+    (b,) = _launcher.buckets([ts])
+    assert b.indices == [0, 1]  # the empty tensor gets no entry
+    t1, n1 = _launcher._index_table(b, 8, torch.device("cpu"))
+    t2, _ = _launcher._index_table(b, 8, torch.device("cpu"))
+    assert t1 is t2 and n1 == 4  # 3 chunks of the first tensor, 1 of the second
+    assert t1.dtype == torch.int64 and t1[:2].tolist() == [ts[0].data_ptr(), ts[1].data_ptr()]
+
+
+# ---- AMP ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FUSED)
+def test_grad_scale_unscales_in_kernel(name, triton_env):
+    """grad_scale: the kernel unscales (and writes the unscaled grads back, as torch's
+    fused optimizers do); same result as the for-loop on unscaled grads."""
+    tensors = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    ours, o_opt, ref, r_opt = _pair(name, tensors)
+    scale = torch.tensor(1024.0)
+    for seed in range(2):
+        for p, g in zip(ours, _grads(ours, seed)):
+            p.grad = g * 1024.0
+        for p, g in zip(ref, _grads(ref, seed)):
+            p.grad = g
+        with ot.amp_scaling(scale, torch.zeros(())):
+            o_opt.step()
+        r_opt.step()
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=0)
+    _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_found_inf_skips_everything(name, triton_env):
+    tensors = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    ours, o_opt, ref, r_opt = _pair(name, tensors)
+    _step_both(ours, o_opt, ref, r_opt, 0)
+    before = ([p.detach().clone() for p in ours],
+              {k: {kk: vv.clone() if torch.is_tensor(vv) else vv for kk, vv in v.items()}
+               for k, v in o_opt.state_dict()["state"].items()})
+    for p, g in zip(ours, _grads(ours, 5)):
+        p.grad = g
+    with ot.amp_scaling(torch.tensor(8.0), torch.ones(())):
+        o_opt.step()
+    for a, b in zip(before[0], ours):
+        assert torch.equal(a, b.detach())
+    after = o_opt.state_dict()["state"]
+    for k, v in before[1].items():
+        for key, val in v.items():
+            assert torch.equal(torch.as_tensor(after[k][key]), torch.as_tensor(val)), (k, key)
+    # and the next good step continues in lockstep with the reference
+    _step_both(ours, o_opt, ref, r_opt, 1)
+    _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+class _AmpAdam(ot.AmpScalingMixin, optimlab.Adam):
+    pass
+
+
+def test_grad_scaler_end_to_end(triton_env):
+    """torch.amp.GradScaler drives the fused step (grad_scale/found_inf attributes)."""
+    torch.manual_seed(0)
+    w0 = torch.randn(8, 4)
+    ours, ref = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    opt = _AmpAdam([ours], lr=0.01)
+    opt._step_supports_amp_scaling = True
+    r_opt = torch.optim.Adam([ref], lr=0.01, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    x = torch.randn(16, 8)
+    for it in range(4):
+        opt.zero_grad()
+        r_opt.zero_grad()
+        loss = (x @ ours).square().mean()
+        if it == 2:
+            loss = loss * float("inf")  # this step must be skipped
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if it != 2:
+            (x @ ref).square().mean().backward()
+            r_opt.step()
+        torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert opt.state[ours]["step"].item() == 3
+
+
+# ---- precision ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("name", FUSED)
+def test_low_precision_vs_fp32_reference(name, dtype, triton_env):
+    """Params/grads/state in ``dtype``, math in fp32: close to the fp32 for-loop."""
+    gen = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(6, 5, generator=gen), torch.randn(7, generator=gen)]
+    ours = [torch.nn.Parameter(t.to(dtype)) for t in tensors]
+    ref = [torch.nn.Parameter(t.to(dtype).float()) for t in tensors]
+    o_opt = getattr(optimlab, name)(ours, **KWARGS[name])
+    r_opt = getattr(torch.optim, name)(ref, **KWARGS[name], foreach=False)
+    for seed in range(3):
+        for p, g in zip(ours, _grads(ours, seed)):
+            p.grad = g.to(dtype)
+        for p, g in zip(ref, _grads(ours, seed)):
+            p.grad = g.to(dtype).float()
+        o_opt.step()
+        r_opt.step()
+        # the reference rounds its params to ``dtype`` as ours are stored
+        with torch.no_grad():
+            for p in ref:
+                p.copy_(p.to(dtype).float())
+            for st in r_opt.state.values():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and v.dim() > 0:
+                        v.copy_(v.to(dtype).float())
+    for p in ours:
+        assert p.dtype == dtype
+    for st in o_opt.state.values():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                assert v.dtype == dtype, k
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype != torch.float32 else dict(rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach().float(), b.detach(), **tol)
+
+
+def test_tensor_lr_and_capturable_tensor_path(triton_env):
+    """Tensor lr, and step counters on the tensor path (capturable): same as the for-loop."""
+    tensors = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    for kw in (dict(lr=torch.tensor(0.01)), dict(lr=torch.tensor(0.01), capturable=True, amsgrad=True)):
+        ours, o_opt, ref, r_opt = _pair("Adam", tensors, **kw)
+        for seed in range(3):
+            _step_both(ours, o_opt, ref, r_opt, seed)
+        _close(ours, ref, o_opt, r_opt, rtol=1e-6, atol=1e-9)
+
+
+def test_tensor_path_scalars_match_host(monkeypatch, triton_env):
+    """Step counters as tensors (the device path of fused/capturable) give the host result."""
+    from optimlab.kernels.triton import _host
+
+    tensors = [torch.randn(4, 3, dtype=torch.float64)]
+    ours, o_opt, ref, r_opt = _pair("Adam", tensors, lr=0.01)
+    monkeypatch.setattr(_host, "on_device", lambda steps: True)
+    for seed in range(3):
+        _step_both(ours, o_opt, ref, r_opt, seed)
+    _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+# ---- selection, availability, fallback ---------------------------------------------------
+def _cuda_like():
+    return [types.SimpleNamespace(device=torch.device("cuda"))]
+
+
+def test_selection(monkeypatch):
+    assert _dispatch.resolve("adam", {"fused": True}, _cuda_like()).name == "triton"
+    assert _dispatch.resolve("adam", {}, _cuda_like()).name == "triton"
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
+    p = torch.nn.Parameter(torch.randn(3))
+    assert optimlab.Adam([p]).backends()[0].name == "triton"
+
+
+def test_triton_missing(monkeypatch):
+    monkeypatch.setattr(ot, "_availability", ["Triton is not installed (pip install 'optimlab[triton]')"])
+    with pytest.raises(RuntimeError, match="Triton is not installed"):
+        _dispatch.resolve("adam", {"fused": True}, _cuda_like())
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with pytest.warns(UserWarning, match="Triton is not installed"):
+        choice = _dispatch.resolve("adam", {}, _cuda_like())
+    assert choice.name == "foreach"
+
+
+def test_registration_does_not_import_triton():
+    code = ("import sys, optimlab, optimlab.kernels.triton as t; "
+            "assert 'triton' not in sys.modules, 'triton imported eagerly'; "
+            "from optimlab import _dispatch; assert 'triton' in _dispatch.backends_of('adam')")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _compile_fails(*a, **k):
+    raise ot.KernelCompileError("_adam_kernel: simulated")
+
+
+def test_compile_failure_falls_back_on_default_path(monkeypatch):
+    from optimlab.kernels.triton import adam_family
+
+    monkeypatch.setattr(adam_family, "adam", _compile_fails)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    tensors = [torch.randn(4, 3, dtype=torch.float64)]
+    ours, o_opt, ref, r_opt = _pair("Adam", tensors)
+    update = _dispatch.kernel("adam", "triton")
+    for p, g in zip(ours + ref, _grads(ours, 0) * 2):
+        p.grad = g
+    group = o_opt.param_groups[0]
+    st = {k: [o_opt.state[ours[0]].setdefault(k, v)] for k, v in o_opt._init_state(group, ours[0]).items()}
+    with pytest.warns(UserWarning, match="falling back to the foreach backend"):
+        update(group, ours, [ours[0].grad], st)
+    r_opt.step()
+    _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")  # explicit: raise instead
+    with pytest.raises(RuntimeError, match="failed to compile"):
+        update(group, ours, [ours[0].grad], st)
+
+
+# ---- bad inputs --------------------------------------------------------------------------
+def test_params_on_two_devices_raise_before_any_update(triton_env):
+    good = torch.nn.Parameter(torch.randn(3))
+    good.grad = torch.randn(3)
+    other = torch.nn.Parameter(torch.randn(3, device="meta"))
+    other.grad = torch.randn(3, device="meta")
+    opt = optimlab.Adam([{"params": [good, other]}])
+    before = good.detach().clone()
+    with pytest.raises(RuntimeError, match=r"parameter 1 of its param group is on meta"):
+        opt.step()
+    assert torch.equal(good.detach(), before)
+    assert float(opt.state[good]["step"]) == 0
+
+
+def test_named_param_in_error(triton_env):
+    a = torch.nn.Parameter(torch.randn(3))
+    a.grad = torch.randn(3)
+    b = torch.nn.Parameter(torch.randn(3, device="meta"))
+    b.grad = torch.randn(3, device="meta")
+    opt = optimlab.SGD([("layer.weight", a), ("layer.bias", b)], lr=0.1)
+    with pytest.raises(RuntimeError, match="parameter 'layer.bias'"):
+        opt.step()
+
+
+def test_unsupported_dtype_and_sparse_grad_errors():
+    group = {"params": []}
+    ip = torch.zeros(3, dtype=torch.int32)
+    ip.grad = None
+    with pytest.raises(RuntimeError, match="has dtype torch.int32"):
+        ot.check_group("adam", group, [ip], [torch.zeros(3, dtype=torch.int32)])
+    p = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="sparse grad; the fused kernel needs dense grads"):
+        ot.check_group("rmsprop", group, [p], [torch.zeros(3).to_sparse()])
+    with pytest.raises(RuntimeError, match="does not match the parameter"):
+        ot.check_group("adam", group, [p], [torch.zeros(4)])
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        ot.check_group("adam", {"params": []}, [torch.zeros(2)], [torch.zeros(2)])
+
+
+def test_sparse_grads_go_through_the_for_loop(triton_env):
+    """SGD/Adagrad accept sparse grads: those params take the for-loop, the rest the kernel."""
+    dense = torch.randn(4, 3, dtype=torch.float64)
+    table = torch.randn(6, 3, dtype=torch.float64)
+    for name, kw in (("SGD", dict(lr=0.1, momentum=0.9)), ("Adagrad", dict(lr=0.1))):
+        ours = [torch.nn.Parameter(dense.clone()), torch.nn.Parameter(table.clone())]
+        ref = [torch.nn.Parameter(dense.clone()), torch.nn.Parameter(table.clone())]
+        o_opt, r_opt = getattr(optimlab, name)(ours, **kw), getattr(torch.optim, name)(ref, **kw)
+        for seed in range(2):
+            g = _grads(ours, seed)
+            sg = torch.sparse_coo_tensor(torch.tensor([[0, 2, 2]]), torch.randn(3, 3, dtype=torch.float64), (6, 3))
+            ours[0].grad, ref[0].grad = g[0].clone(), g[0].clone()
+            ours[1].grad, ref[1].grad = sg.clone(), sg.clone()
+            o_opt.step()
+            r_opt.step()
+        _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+# ---- the compiler (no GPU needed) --------------------------------------------------------
+@pytest.mark.skipif(os.environ.get("OPTIMLAB_TRITON_AOT", "1") == "0", reason="disabled")
+def test_kernels_compile_for_sm90():
+    """Every kernel compiles to a cubin for sm_90 (what the interpreter cannot check).
+    Runs in a subprocess without TRITON_INTERPRET; set OPTIMLAB_TRITON_AOT=0 to skip."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    res = subprocess.run([sys.executable, "-m", "optimlab.kernels.triton._aot_check", "--quick"],
+                         env=env, capture_output=True, text=True)
+    if res.returncode != 0 and ("ptxas" in res.stderr and "No such file" in res.stderr):
+        pytest.skip("this Triton install has no ptxas")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "compiled" in res.stdout
