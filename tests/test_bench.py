@@ -1,0 +1,58 @@
+"""The benchmark tool runs, reports unavailable backends as skipped, and validates names."""
+
+import json
+
+import pytest
+
+from optimlab.bench import cli
+
+
+def test_quick_run_writes_results(tmp_path, capsys):
+    out = tmp_path / "r"
+    cli.main(["--quick", "--optimizers", "SGD,Adam", "--backends",
+              "optimlab-default,optimlab-forloop,optimlab-foreach,torch-forloop,torch-fused",
+              "--iters", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 10 and (out / "results.csv").exists() and (out / "results.png").exists()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["median_ms"] > 0 and r["gbps"] > 0 and r["pct_copy"] > 0 for r in ok)
+    adam = next(r for r in ok if r["optimizer"] == "Adam" and r["backend"] == "optimlab-forloop")
+    assert adam["state_mb"] == pytest.approx(2 * 4 * (1 << 18) / 2**20)  # exp_avg + exp_avg_sq, fp32
+    assert "measured copy bandwidth" in printed and "optimlab-forloop" in printed
+
+
+def test_unavailable_backend_is_a_skipped_row(tmp_path):
+    cli.main(["--quick", "--optimizers", "Rprop", "--backends", "torch-fused",
+              "--out", str(tmp_path), "--no-plot"])
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert row["status"].startswith("skipped") and row["median_ms"] is None
+
+
+@pytest.mark.parametrize("flag,value,what", [
+    ("--optimizers", "Adamm", "optimizer"), ("--backends", "optimlab-cuda", "backend"),
+    ("--presets", "bert", "preset"), ("--dtypes", "int8", "dtype"), ("--device", "tpu", "device"),
+])
+def test_bad_names_list_the_valid_ones(flag, value, what, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse([flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert what in err and value in err and "valid:" in err
+
+
+def test_update_defaults_picks_the_fastest_explicit_backend(tmp_path):
+    rows = [
+        cli.Row("Adam", "optimlab-forloop", "custom", "float32", "cpu", 1, 1, median_ms=3.0),
+        cli.Row("Adam", "optimlab-foreach", "custom", "float32", "cpu", 1, 1, median_ms=2.0),
+        cli.Row("Adam", "optimlab-default(foreach)", "custom", "float32", "cpu", 1, 1, median_ms=1.0),
+        cli.Row("SGD", "optimlab-cpp", "custom", "float32", "cpu", 1, 1, status="skipped: none"),
+        cli.Row("SGD", "optimlab-forloop", "custom", "float32", "cpu", 1, 1, median_ms=5.0),
+        cli.Row("SGD", "torch-fused", "custom", "float32", "cpu", 1, 1, median_ms=0.1),
+    ]
+    assert cli.best_backends(rows) == {"adam": {"float32": "foreach"}, "sgd": {"float32": "forloop"}}
+    args = cli.parse(["--device", "cpu"])
+    path = tmp_path / "defaults.json"
+    cli.update_defaults(rows, args, 10.0, path=path)
+    table = json.loads(path.read_text())["cpu"]
+    assert table["choices"]["adam"] == {"float32": "foreach"} and "device" in table and "command" in table
