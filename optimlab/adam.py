@@ -64,10 +64,13 @@ def _adam_forloop(group, params, grads, state):
             # autograd needs the old max intact, hence the clone when differentiable
             max_sq.copy_(torch.maximum(max_sq.clone() if differentiable else max_sq, exp_avg_sq))
             exp_avg_sq = max_sq
-        denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
         if isinstance(step_size, Tensor):
-            param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom / -step_size)
+            # folded into denom, as torch does (keeps autograd through lr/betas identical)
+            neg = -step_size
+            denom = (exp_avg_sq.sqrt() / (bc2_sqrt * neg)).add_(eps / neg)
+            param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom)
         else:
+            denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
             param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
