@@ -64,7 +64,7 @@ def _adam_forloop(group, params, grads, state):
             # autograd needs the old max intact, hence the clone when differentiable
             max_sq.copy_(torch.maximum(max_sq.clone() if differentiable else max_sq, exp_avg_sq))
             exp_avg_sq = max_sq
-        if isinstance(step_size, Tensor):
+        if tensor_math:
             # folded into denom, as torch does (keeps autograd through lr/betas identical)
             neg = -step_size
             denom = (exp_avg_sq.sqrt() / (bc2_sqrt * neg)).add_(eps / neg)
