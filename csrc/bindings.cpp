@@ -1,5 +1,5 @@
 // Python bindings of optimlab's fused CPU kernels (module built by optimlab/kernels/cpu.py).
-#include <torch/extension.h>
+#include <torch/python.h>  // lighter than torch/extension.h: the type casters, not the C++ API
 
 #include "kernels.h"
 

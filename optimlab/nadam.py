@@ -122,12 +122,6 @@ def _nadam_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms in scalars])
 
 
-def check_foreach_differentiable(group, params) -> None:
-    """torch's foreach update refuses ``differentiable=True`` (optimlab would run the loop)."""
-    if group["foreach"] and group["differentiable"] and params:
-        raise AssertionError("_foreach ops don't support autograd")
-
-
 class NAdam(Optimizer):
     """NAdam (Dozat, 2016); with ``decoupled_weight_decay=True``, NAdamW.
 
@@ -214,9 +208,6 @@ class NAdam(Optimizer):
 
     def _state_keys(self, group):
         return ("step", "mu_product", "exp_avg", "exp_avg_sq")
-
-    def _check_group(self, group, params):
-        check_foreach_differentiable(group, params)
 
     def _check_capturable(self, params, xla):
         # The base's check, also over ``mu_product``, in torch's words for NAdam (xla: forloop).

@@ -72,6 +72,8 @@ class Optimizer(torch.optim.Optimizer):
     #: wording and device list of torch's capturable-device assertion for this algorithm
     capturable_tensors: ClassVar[str] = "params and state_steps"
     capturable_xla_forloop: ClassVar[bool] = True
+    #: torch's foreach update asserts on ``differentiable=True`` (all but SGD)
+    foreach_refuses_differentiable: ClassVar[bool] = True
 
     # ---- what a subclass provides -------------------------------------------------
     def _init_state(self, group: dict, p: Tensor) -> dict[str, Any]:
@@ -119,6 +121,9 @@ class Optimizer(torch.optim.Optimizer):
             if p.grad.is_sparse and self.sparse_grad_error is not None:
                 raise RuntimeError(self.sparse_grad_error)
         self._check_group(group, params)
+        if (params and group.get("foreach") and group.get("differentiable")
+                and self.foreach_refuses_differentiable):
+            raise AssertionError("_foreach ops don't support autograd")
         choice = _dispatch.resolve(self.algorithm, group, params)
         if group.get("capturable") and not torch.compiler.is_compiling():
             self._check_capturable(params, xla=choice.name != "foreach" and self.capturable_xla_forloop)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
-from .nadam import _weight_decay, check_foreach_differentiable
+from .nadam import _weight_decay
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 
 __all__ = ["RAdam", "radam_scalars"]
@@ -176,5 +176,3 @@ class RAdam(Optimizer):
     def _state_keys(self, group):
         return ("step", "exp_avg", "exp_avg_sq")
 
-    def _check_group(self, group, params):
-        check_foreach_differentiable(group, params)  # capturable devices: the base checks

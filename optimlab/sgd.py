@@ -92,6 +92,8 @@ class SGD(Optimizer):
     See the module docstring for the update rule.
     """
 
+    foreach_refuses_differentiable = False  # torch's foreach SGD runs under autograd
+
     algorithm = "sgd"
     complex_as_real = False  # the update is linear: torch applies it to complex tensors
     setstate_defaults = {

@@ -5,6 +5,11 @@ decoupled), maximize with coupled weight_decay (NAdam also momentum_decay, RAdam
 eps). Missing on CPU: Tensor lr (torch accepts it with foreach too for these two,
 and RAdam's foreach then keeps its step sizes as tensors), maximize without or with
 decoupled weight decay, other betas, and complex params with options.
+
+Left out: capturable=True (torch refuses it on the CPU at the first step;
+test_errors checks that error), differentiable=True (its foreach run would resolve
+to the for-loop; test_differentiable covers it). RAdam's rectified branch
+(rho_t > 5) needs step >= 6, beyond the parity test's 5 steps.
 """
 
 import torch

@@ -123,7 +123,7 @@ for _path in sorted(Path(__file__).parent.glob("extra_*.py")):
         EXTRA.setdefault(_name, []).extend(_configs)
 
 _PROBLEM = {"Muon": "matrix", "SparseAdam": "sparse"}
-_STEPS = {"LBFGS": 3}
+_STEPS = {"LBFGS": 3, "RAdam": 8}  # RAdam rectifies from step 6 on
 
 SPECS: dict[str, OptimSpec] = {
     info.name: OptimSpec(

@@ -47,7 +47,10 @@ def _diff_step(cls, kwargs, p0, g, state):
 @pytest.mark.parametrize("spec,cfg", _cases())
 def test_differentiable_step_matches_torch(spec, cfg):
     kwargs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in cfg.kwargs.items()}
-    p_value, state = _warm_state(spec, cfg)
+    warm = outcome(lambda: _warm_state(spec, cfg))
+    if warm[0] == "raise":  # torch refuses the configuration itself: covered by test_errors
+        pytest.skip(f"torch refuses {cfg.desc!r} on CPU: {warm[2][:60]}")
+    p_value, state = warm[1]
     results = []
     for cls in (spec.torch_cls, spec.ours_cls):
         p0 = p_value.clone().requires_grad_(True)

@@ -71,6 +71,7 @@ def _scenarios(spec):
     for backend in ("forloop", "foreach"):
         yield f"capturable on cpu ({backend})", lambda cls, b=backend: _step(
             cls(dense(), capturable=True, **({"foreach": b == "foreach"} if spec.has_foreach_flag else {})), kind)
+    yield "foreach with differentiable", lambda cls: _step(cls(dense(), foreach=True, differentiable=True), kind)
     yield "Tensor lr of 2 elements", lambda cls: cls(dense(), lr=torch.tensor([0.1, 0.2]))
 
 

@@ -429,7 +429,7 @@ def _nadam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
         key = (s, key_value, mp.dtype)
         if key not in cache:
             scratch = mp.detach().clone()
-            out = nadam_scalars(_value(lr), beta1, beta2, md, s, scratch)
+            out = nadam_scalars(lr, beta1, beta2, md, s, scratch)
             cache[key] = (tuple(map(_value, out)), float(scratch.item()))
         scalars.append(cache[key][0])
         new_products.append(cache[key][1])

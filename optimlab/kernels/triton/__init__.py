@@ -17,7 +17,6 @@ import importlib
 import importlib.util
 import os
 import threading
-import warnings
 
 import torch
 

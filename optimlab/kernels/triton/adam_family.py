@@ -192,7 +192,6 @@ def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
     wd, md, capturable = group["weight_decay"], group["momentum_decay"], group["capturable"]
     steps, mus = state["step"], state["mu_product"]
-    ref = params[0]
     nxt = next_steps(steps, capturable)
     if isinstance(nxt, list):  # mu_product advances on a copy, committed after the launch
         new_mus = [mu.clone() for mu in mus]

@@ -8,7 +8,7 @@ import triton.language as tl
 
 from ...optimizer import _to_scalar
 from . import _helpers as h
-from ._host import commit_steps, next_steps, per_tensor, value
+from ._host import commit_steps, value
 from ._launcher import launch
 
 
