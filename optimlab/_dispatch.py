@@ -33,6 +33,9 @@ ENV_VAR = "OPTIMLAB_BACKEND"
 _KERNELS: dict[str, dict[str, Callable]] = defaultdict(dict)
 # backend name -> callable returning None if usable, else a reason string
 _AVAILABILITY: dict[str, Callable[[], str | None]] = {}
+# backend name -> check(algorithm, group, params) raising for inputs it cannot take;
+# run at plan time, before any group is updated
+_CHECKS: dict[str, Callable[[str, dict, list], None]] = {}
 _warned: set[str] = set()
 
 
@@ -59,6 +62,16 @@ def register(algorithm: str, backend: str) -> Callable[[Callable], Callable]:
 def register_availability(backend: str, check: Callable[[], str | None]) -> None:
     """Register a check telling whether ``backend`` can run here (None) or why not."""
     _AVAILABILITY[backend] = check
+
+
+def register_check(backend: str, check: Callable[[str, dict, list], None]) -> None:
+    """Register ``check(algorithm, group, params)``, raising for inputs ``backend`` cannot take."""
+    _CHECKS[backend] = check
+
+
+def check(backend: str, algorithm: str, group: dict, params: list) -> None:
+    if backend in _CHECKS:
+        _CHECKS[backend](algorithm, group, params)
 
 
 def kernel(algorithm: str, backend: str) -> Callable:

@@ -125,6 +125,7 @@ class Optimizer(torch.optim.Optimizer):
                 and self.foreach_refuses_differentiable):
             raise AssertionError("_foreach ops don't support autograd")
         choice = _dispatch.resolve(self.algorithm, group, params)
+        _dispatch.check(choice.name, self.algorithm, group, params)
         if group.get("capturable") and not torch.compiler.is_compiling():
             self._check_capturable(params, xla=choice.name != "foreach" and self.capturable_xla_forloop)
         return group, params, choice

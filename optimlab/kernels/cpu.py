@@ -224,11 +224,11 @@ def _skipped(found_inf) -> float:
 def _fallback_reason(group, params, grads) -> str | None:
     if group.get("capturable") or group.get("differentiable"):
         return "capturable/differentiable"
-    for p, g in zip(params, grads):
-        if p.device.type != "cpu" or g.device.type != "cpu":
-            return f"tensors on {p.device.type}"
+    for g in grads:  # (torch keeps each grad on its param's device)
         if g.is_sparse:
             return "sparse grads"
+        if not g.is_cpu:
+            return f"tensors on {g.device.type}"
     return None
 
 
@@ -278,6 +278,8 @@ def _steps_end(ext, steps, found_inf):
 
 def _per_step(fn, values):
     """``[fn(v) for v in values]`` computing each distinct step once."""
+    if values and values.count(values[0]) == len(values):  # the usual case: one step for all
+        return [fn(values[0])] * len(values)
     cache: dict[float, object] = {}
     out = []
     for v in values:

@@ -12,20 +12,16 @@ set before Triton is imported). See docs/triton-backend.md.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import os
-import threading
 
 import torch
 
 from ... import _dispatch
 
 __all__ = [
-    "AmpScalingMixin",
     "KernelCompileError",
-    "amp_scaling",
     "available",
     "check_group",
     "interpreting",
@@ -59,42 +55,6 @@ def available() -> str | None:
                 why = f"Triton cannot be imported ({type(e).__name__}: {e})"
         _availability.append(why)
     return _availability[0]
-
-
-# ---- AMP: grad_scale / found_inf -------------------------------------------------------
-_amp = threading.local()
-
-
-@contextlib.contextmanager
-def amp_scaling(grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None):
-    """Within this context, triton updates unscale grads by ``grad_scale`` (writing the
-    unscaled grads back, as torch's fused optimizers do) and skip the step, step counts
-    included, where ``found_inf`` is nonzero."""
-    prev = getattr(_amp, "value", (None, None))
-    _amp.value = (grad_scale, found_inf)
-    try:
-        yield
-    finally:
-        _amp.value = prev
-
-
-class AmpScalingMixin:
-    """Makes ``step`` honour ``GradScaler``'s ``optimizer.grad_scale``/``found_inf``.
-
-    ``torch.amp.GradScaler`` sets those attributes and calls ``step()`` without
-    unscaling when ``optimizer._step_supports_amp_scaling`` is True (optimlab sets it
-    for ``fused=True``). Put the mixin first: ``class MyAdam(AmpScalingMixin, Adam)``.
-    """
-
-    def step(self, closure=None):
-        with amp_scaling(getattr(self, "grad_scale", None), getattr(self, "found_inf", None)):
-            return super().step(closure)
-
-
-def _amp_args(grad_scale, found_inf):
-    if grad_scale is None and found_inf is None:
-        grad_scale, found_inf = getattr(_amp, "value", (None, None))
-    return grad_scale, found_inf
 
 
 # ---- input checks ----------------------------------------------------------------------
@@ -207,8 +167,6 @@ def _as_real(fn, group, params, grads, state):
 
 def _make_update(algorithm: str, module: str, fname: str, sparse_ok: bool):
     def update(group, params, grads, state, grad_scale=None, found_inf=None):
-        grad_scale, found_inf = _amp_args(grad_scale, found_inf)
-        check_group(algorithm, group, params, grads, sparse_ok)
         if sparse_ok and any(g.is_sparse for g in grads):
             # sparse grads are not fused: the for-loop reference updates those params
             sparse = [i for i, g in enumerate(grads) if g.is_sparse]
@@ -251,6 +209,11 @@ def _register() -> None:
     for algorithm, (module, fname, sparse_ok) in KERNELS.items():
         _dispatch.register(algorithm, "triton")(_make_update(algorithm, module, fname, sparse_ok))
     _dispatch.register_availability("triton", available)
+    _dispatch.register_check(
+        "triton",
+        lambda algorithm, group, params: check_group(
+            algorithm, group, params, [p.grad for p in params], KERNELS[algorithm][2]),
+    )
 
 
 _register()
