@@ -21,6 +21,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from .adadelta import complex_weight_decay, signed_decayed_grads
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
+from ._validation import check_betas, check_lr, check_nonneg
 
 __all__ = ["Adamax"]
 
@@ -113,18 +114,10 @@ class Adamax(Optimizer):
         differentiable: bool = False,
         capturable: bool = False,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_lr(lr)
+        check_nonneg(eps=eps)
+        check_betas(betas)
+        check_nonneg(weight_decay=weight_decay)
         defaults = dict(
             lr=lr,
             betas=betas,

@@ -25,6 +25,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from .adadelta import signed_decayed_grads
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
+from ._validation import check_lr, check_nonneg
 
 __all__ = ["ASGD"]
 
@@ -131,12 +132,8 @@ class ASGD(Optimizer):
         differentiable: bool = False,
         capturable: bool = False,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_lr(lr)
+        check_nonneg(weight_decay=weight_decay)
         defaults = dict(
             lr=lr,
             lambd=lambd,

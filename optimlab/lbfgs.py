@@ -26,6 +26,7 @@ from torch import Tensor
 from . import _dispatch
 from ._dispatch import register
 from .optimizer import Optimizer, _to_scalar
+from ._validation import check_lr
 
 __all__ = ["LBFGS"]
 
@@ -280,10 +281,7 @@ class LBFGS(Optimizer):
         history_size: int = 100,
         line_search_fn: str | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr)
         if max_eval is None:
             max_eval = max_iter * 5 // 4
         defaults = dict(

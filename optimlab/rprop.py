@@ -22,6 +22,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from .rmsprop import check_capturable_devices
+from ._validation import check_lr
 
 __all__ = ["Rprop"]
 
@@ -101,10 +102,7 @@ class Rprop(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr(lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
         defaults = dict(
