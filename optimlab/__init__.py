@@ -23,6 +23,7 @@ from .rprop import *  # noqa: F401,F403
 from .sgd import *  # noqa: F401,F403
 from .sparse_adam import *  # noqa: F401,F403
 
+from .kernels import cpu as _cpp_backend  # noqa: F401  registers "cpp" (builds on first use)
 from .kernels import triton as _triton_backend  # noqa: F401  registers "triton" (imports no triton)
 
 __version__ = "0.1.0"

@@ -51,10 +51,44 @@ def _specs():
     return [s for s in implemented() if s.name not in LEFT_OUT]
 
 
-def _case_ids():
+def _unusable(spec, backend):
+    """Why ``backend`` cannot run ``spec`` in this environment (None if it can)."""
+    from optimlab import _dispatch
+
+    if backend == "triton" and not torch.cuda.is_available():
+        from optimlab.kernels.triton import interpreting
+
+        if not interpreting():
+            return "the triton backend needs a CUDA GPU (none here) or TRITON_INTERPRET=1"
+    return _dispatch._unavailable(spec.ours_cls.algorithm, backend)
+
+
+def _case_ids(only_crashing=None):
+    """Case ids; ``only_crashing`` True/False selects the cases of KNOWN_CRASHES or the others."""
     from optim_db import backends
 
-    return [f"{s.name}-{b}-{setup}" for s in _specs() for b in backends(s) for setup in SETUPS]
+    ids = [f"{s.name}-{b}-{setup}" for s in _specs() for b in backends(s) for setup in SETUPS
+           if _unusable(s, b) is None]
+    if only_crashing is None:
+        return ids
+    return [c for c in ids if (_known_crash(c) is not None) == only_crashing]
+
+
+# (backend, setup) -> a known optimlab bug there. Those cases run in one launch per entry,
+# so a crashing worker fails only them; each is a strict xfail: fixing the bug makes it
+# XPASS, which fails until the entry is removed.
+KNOWN_BUGS = {
+    ("cpp", "fsdp2"): "optimlab bug: the cpp backend segfaults on DTensor params (FSDP2) instead of "
+                      "updating their local shards; torch's fused=True handles them",
+    ("triton", "fsdp2"): "optimlab bug: the triton backend raises 'Attempted to access the data pointer "
+                         "on an invalid python storage' on DTensor params (FSDP2) instead of updating "
+                         "their local shards",
+}
+
+
+def _known_crash(case):
+    _, backend, setup = case.split("-")
+    return KNOWN_BUGS.get((backend, setup))
 
 
 # ---- worker side ---------------------------------------------------------------------------
@@ -225,9 +259,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def results():
-    cases = _case_ids()
+def _launch(cases):
+    if not cases:
+        return [{} for _ in range(WORLD)]
     with tempfile.TemporaryDirectory() as out_dir:
         ctx = mp.start_processes(_worker, args=(_free_port(), out_dir, cases), nprocs=WORLD,
                                  join=False, start_method="spawn")
@@ -235,20 +269,47 @@ def results():
         try:
             while not ctx.join(timeout=1):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"the distributed launch did not finish in {TIMEOUT}s")
+                    raise TimeoutError(f"the distributed launch did not finish in {TIMEOUT}s")
         finally:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
-        out = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
-    return out
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("case", _case_ids())
-def test_matches_torch(results, case):
+@pytest.fixture(scope="module")
+def results():
+    return _launch(_case_ids(only_crashing=False))
+
+
+def _check(results, case):
     for rank, res in enumerate(results):
         status, detail = res.get(case, ("missing", "no result"))
         assert status == "ok", f"rank {rank}: {detail}"
+
+
+@pytest.mark.parametrize("case", _case_ids(only_crashing=False))
+def test_matches_torch(results, case):
+    _check(results, case)
+
+
+def _crash_cases():
+    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=_known_crash(c)))
+            for c in _case_ids(only_crashing=True)]
+
+
+_BUG_RESULTS: dict[str, list[dict]] = {}
+
+
+@pytest.mark.parametrize("case", _crash_cases())
+def test_known_bugs(case):
+    reason = _known_crash(case)
+    if reason not in _BUG_RESULTS:  # one launch per known bug: a crash takes only its cases down
+        try:
+            _BUG_RESULTS[reason] = _launch([c for c in _case_ids(True) if _known_crash(c) == reason])
+        except Exception as e:  # noqa: BLE001 - a dead worker fails every case of this bug
+            _BUG_RESULTS[reason] = [{"launch": ("crash", f"{type(e).__name__}: {e}")}] * WORLD
+    _check(_BUG_RESULTS[reason], case)
 
 
 def test_fsdp2_params_are_sharded_dtensors():

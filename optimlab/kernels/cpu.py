@@ -117,16 +117,24 @@ def build_directory(cap: str | None = None, src: Path | None = None) -> Path:
     return cache_root() / f"cpu-{cap.lower()}-{digest.hexdigest()[:16]}"
 
 
+_STAMP = "BUILT"  # written once a build has been loaded: the library is complete
+
+
 def _import_built(name: str, directory: Path) -> ModuleType | None:
     """Import an already built extension without running ninja (fast path of later processes)."""
-    for lib in sorted(directory.glob(f"{name}*.so")) + sorted(directory.glob(f"{name}*.pyd")):
-        if lib.stem != name:  # torch names rebuilds name_v1, ...; only the exact name is ours
-            continue
+    stamp = directory / _STAMP
+    if not stamp.is_file():
+        return None
+    lib = directory / stamp.read_text().strip()
+    if not lib.is_file():
+        return None
+    try:
         spec = importlib.util.spec_from_file_location(name, lib)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module
-    return None
+    except ImportError:
+        return None  # rebuilt below
+    return module
 
 
 def _build(cap: str, src: Path, verbose: bool = False) -> ModuleType:
@@ -139,7 +147,8 @@ def _build(cap: str, src: Path, verbose: bool = False) -> ModuleType:
         return module
     directory.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags(cap)
-    return cpp_extension.load(
+    # cpp_extension serialises concurrent builds of one directory with a lock file
+    module = cpp_extension.load(
         name=name,
         sources=[str(src / f) for f in _SOURCES],
         extra_cflags=cflags,
@@ -148,6 +157,11 @@ def _build(cap: str, src: Path, verbose: bool = False) -> ModuleType:
         build_directory=str(directory),
         verbose=verbose,
     )
+    if Path(module.__file__).parent == directory and Path(module.__file__).stem == name:
+        tmp = directory / f"{_STAMP}.{os.getpid()}"
+        tmp.write_text(Path(module.__file__).name)
+        os.replace(tmp, directory / _STAMP)  # atomic
+    return module
 
 
 def load(verbose: bool = False) -> ModuleType:

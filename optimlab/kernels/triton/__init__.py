@@ -110,18 +110,22 @@ def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = Fa
 
 
 # ---- registration ----------------------------------------------------------------------
-#: algorithm -> (kernel module, update function, accepts sparse grads via the for-loop)
-KERNELS: dict[str, tuple[str, str, bool]] = {
-    "adam": ("adam_family", "adam", False),
-    "adamax": ("adam_family", "adamax", False),
-    "nadam": ("adam_family", "nadam", False),
-    "radam": ("adam_family", "radam", False),
-    "sgd": ("sgd_family", "sgd", True),
-    "asgd": ("sgd_family", "asgd", False),
-    "rprop": ("sgd_family", "rprop", False),
-    "adagrad": ("adagrad_family", "adagrad", True),
-    "rmsprop": ("adagrad_family", "rmsprop", False),
-    "adadelta": ("adagrad_family", "adadelta", False),
+#: algorithm -> (kernel module, update function, sparse grads): "dense" refuses them,
+#: "forloop" sends the params with sparse grads through the for-loop, "kernel" fuses them
+KERNELS: dict[str, tuple[str, str, str]] = {
+    "adam": ("adam_family", "adam", "dense"),
+    "adamax": ("adam_family", "adamax", "dense"),
+    "nadam": ("adam_family", "nadam", "dense"),
+    "radam": ("adam_family", "radam", "dense"),
+    "sparse_adam": ("adam_family", "sparse_adam", "kernel"),
+    "sgd": ("sgd_family", "sgd", "forloop"),
+    "asgd": ("sgd_family", "asgd", "dense"),
+    "rprop": ("sgd_family", "rprop", "dense"),
+    "adagrad": ("adagrad_family", "adagrad", "forloop"),
+    "rmsprop": ("adagrad_family", "rmsprop", "dense"),
+    "adadelta": ("adagrad_family", "adadelta", "dense"),
+    "adafactor": ("matrix_family", "adafactor", "dense"),
+    "muon": ("matrix_family", "muon", "dense"),
 }
 
 
@@ -131,11 +135,10 @@ def _explicit(group: dict) -> bool:
 
 def _fallback(algorithm, group, params, grads, state, grad_scale, found_inf):
     name = "foreach" if "foreach" in _dispatch.backends_of(algorithm) else "forloop"
-    if found_inf is not None and float(found_inf) != 0:
+    from ._host import amp_on_host
+
+    if amp_on_host(grads, grad_scale, found_inf):
         return
-    if grad_scale is not None:
-        dense = [g for g in grads if not g.is_sparse]
-        torch._foreach_div_(dense, grad_scale.to(dense[0].device)) if dense else None
     return _dispatch.kernel(algorithm, name)(group, params, grads, state)
 
 
@@ -165,16 +168,16 @@ def _as_real(fn, group, params, grads, state):
             state[k][i] = new
 
 
-def _make_update(algorithm: str, module: str, fname: str, sparse_ok: bool):
+def _make_update(algorithm: str, module: str, fname: str, sparse: str):
     def update(group, params, grads, state, grad_scale=None, found_inf=None):
-        if sparse_ok and any(g.is_sparse for g in grads):
+        if sparse == "forloop" and any(g.is_sparse for g in grads):
             # sparse grads are not fused: the for-loop reference updates those params
-            sparse = [i for i, g in enumerate(grads) if g.is_sparse]
+            with_sparse = [i for i, g in enumerate(grads) if g.is_sparse]
             dense = [i for i, g in enumerate(grads) if not g.is_sparse]
             if grad_scale is not None or found_inf is not None:
                 raise RuntimeError(f"optimlab {algorithm} (triton): AMP scaling with sparse grads "
                                    "is not supported")
-            _subset(_dispatch.kernel(algorithm, "forloop"), sparse, group, params, grads, state)
+            _subset(_dispatch.kernel(algorithm, "forloop"), with_sparse, group, params, grads, state)
             if dense:
                 _subset(update, dense, group, params, grads, state)
             return
@@ -206,13 +209,13 @@ def _make_update(algorithm: str, module: str, fname: str, sparse_ok: bool):
 
 
 def _register() -> None:
-    for algorithm, (module, fname, sparse_ok) in KERNELS.items():
-        _dispatch.register(algorithm, "triton")(_make_update(algorithm, module, fname, sparse_ok))
+    for algorithm, (module, fname, sparse) in KERNELS.items():
+        _dispatch.register(algorithm, "triton")(_make_update(algorithm, module, fname, sparse))
     _dispatch.register_availability("triton", available)
     _dispatch.register_check(
         "triton",
         lambda algorithm, group, params: check_group(
-            algorithm, group, params, [p.grad for p in params], KERNELS[algorithm][2]),
+            algorithm, group, params, [p.grad for p in params], KERNELS[algorithm][2] != "dense"),
     )
 
 

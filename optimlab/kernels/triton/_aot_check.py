@@ -15,12 +15,13 @@ import sys
 import time
 
 KERNELS = {
-    # module: [(kernel, n_roles, {flag: choices})]
+    # module: [(kernel, n_roles, {flag: choices}[, {arg: pointer type "*.." or constexpr value}])]
     "adam_family": [
         ("_adam_kernel", 5, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1, 2), "AMSGRAD": (0, 1)}),
         ("_adamax_kernel", 4, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1)}),
         ("_nadam_kernel", 4, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1, 2)}),
         ("_radam_kernel", 4, {"MAXIMIZE": (0, 1), "WD_MODE": (0, 1, 2)}),
+        ("_sparse_adam_kernel", 5, {"MAXIMIZE": (0, 1)}, {"row_ref": "*i64"}),
     ],
     "sgd_family": [
         ("_sgd_kernel", 3, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1), "MOMENTUM": (0, 1), "NESTEROV": (0, 1)}),
@@ -32,6 +33,14 @@ KERNELS = {
         ("_rmsprop_kernel", 5, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1), "MOMENTUM": (0, 1), "CENTERED": (0, 1)}),
         ("_adadelta_kernel", 4, {"MAXIMIZE": (0, 1), "HAS_WD": (0, 1)}),
     ],
+    "matrix_family": [
+        ("_adafactor_row_kernel", 2, {}, {"BLOCK": 32, "TILE": 64}),
+        ("_adafactor_col_kernel", 4, {"MAXIMIZE": (0, 1)}, {"BLOCK": 32, "TILE": 64}),
+        ("_adafactor_vec_kernel", 3, {"MAXIMIZE": (0, 1)}),
+        ("_adafactor_apply_kernel", 2, {"HAS_WD": (0, 1)}),
+        ("_muon_momentum_kernel", 3, {"NESTEROV": (0, 1)}, {"u_ref": "*bf16"}),
+        ("_muon_apply_kernel", 2, {}, {"o_ref": "*bf16"}),
+    ],
 }
 
 _PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
@@ -39,6 +48,9 @@ _PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": 
 
 def _variants(flags: dict, exhaustive: bool):
     names = list(flags)
+    if not names:
+        yield {}
+        return
     if exhaustive:
         for combo in itertools.product(*(flags[n] for n in names)):
             yield dict(zip(names, combo))
@@ -61,14 +73,17 @@ def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick
     count = 0
     for module, kernels in KERNELS.items():
         mod = importlib.import_module(f"optimlab.kernels.triton.{module}")
-        for name, n_roles, flags in kernels:
+        for name, n_roles, flags, *extra in kernels:
             kernel = getattr(mod, name)
+            extra = extra[0] if extra else {}
+            ptr_types = {k: v for k, v in extra.items() if isinstance(v, str)}
+            fixed = {k: v for k, v in extra.items() if not isinstance(v, str)}
             for dtype in ("float32", "bfloat16", "float16", "float64"):
                 for amp in ((False, False), (True, True)):
                     variants = list(_variants(flags, exhaustive))
                     if quick:  # all flags on with AMP in fp32/bf16, all off in fp16/fp64
                         keep = amp[0] == (dtype in ("float32", "bfloat16"))
-                        variants = variants[1:2] if amp[0] else variants[:1]
+                        variants = (variants[1:2] or variants[:1]) if amp[0] else variants[:1]
                         variants = variants if keep else []
                     for var in variants:
                         constexprs = dict(
@@ -76,9 +91,13 @@ def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick
                             HAS_SCALE=amp[0], HAS_INF=amp[1], BLOCK=1024, ITERS=4,
                             **{k: (bool(v) if k != "WD_MODE" else v) for k, v in var.items()},
                         )
+                        constexprs.update(fixed)
+                        constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
                         sig = {}
                         for i, arg in enumerate(kernel.arg_names):
-                            if arg in constexprs:
+                            if arg in ptr_types:
+                                sig[arg] = ptr_types[arg]
+                            elif arg in constexprs:
                                 sig[arg] = "constexpr"
                             elif arg == "itab":
                                 sig[arg] = "*i64"

@@ -63,11 +63,25 @@ def load(ptr, offs, mask, ACC64: tl.constexpr):
 
 
 @triton.jit
+def bf16_rne(x):
+    """``x`` (fp32) rounded to bfloat16, to nearest even, as torch rounds (NaN -> 0x7FC0).
+
+    Done on the bits: Triton's interpreter truncates fp32 -> bf16 casts (its ``rtne``
+    mode rounds ties up), so a cast would not match torch nor the compiled kernel."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where(x != x, 0x7FC0, rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def store(ptr, offs, val, mask):
-    """Store in the pointer's dtype (via fp32 for bf16: the interpreter cannot cast fp64 -> bf16)."""
+    """Store in the pointer's dtype; bf16 via fp32 (as torch casts fp64 -> bf16), rounded
+    to nearest even by :func:`bf16_rne`."""
     if ptr.dtype.element_ty == tl.bfloat16:
-        val = val.to(tl.float32)
-    tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + offs, bf16_rne(val.to(tl.float32)), mask=mask)
+    else:
+        tl.store(ptr + offs, val.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -116,7 +130,7 @@ def weight_decay(p, g, wd, decay, WD_MODE: tl.constexpr):
     """Weight decay: 0 none; 1 L2 (``g += wd * p``); 2 decoupled (``p *= decay``,
     ``decay = 1 - lr * wd`` computed on the host). Returns ``(p, g)``."""
     if WD_MODE == 1:
-        g = g + wd * p
+        g = tl.fma(wd + tl.zeros_like(p), p, g)  # torch's grad.add(param, alpha=wd): one rounding
     elif WD_MODE == 2:
         p = p * decay
     return p, g
@@ -128,10 +142,12 @@ def lerp(a, b, w):
     vectorised CPU kernel and its CUDA kernel compute it; exact at w = 0 and w = 1)."""
     d = b - a
     ww = w + tl.zeros_like(d)
-    return tl.where(w < 0.5, tl.fma(ww, d, a), tl.fma(ww - 1, d, b))
+    return tl.where(tl.abs(ww) < 0.5, tl.fma(ww, d, a), tl.fma(ww - 1, d, b))
 
 
 @triton.jit
 def ema_sq(v, g, beta, one_minus_beta):
-    """``v.mul_(beta).addcmul_(g, g, value=1 - beta)`` (second moment)."""
-    return v * beta + one_minus_beta * g * g
+    """``v.mul_(beta).addcmul_(g, g, value=1 - beta)`` (second moment), rounded as torch's
+    addcmul rounds it: ``fma(value * g, g, v * beta)`` (its CPU and CUDA kernels contract
+    ``self + value * t1 * t2`` into one fused multiply-add)."""
+    return tl.fma(one_minus_beta * g, g, v * beta)

@@ -55,3 +55,39 @@ def value(x, ref: Tensor | None = None):
         if ref is not None:
             x = x.to(dtype=ref.dtype) if x.device == ref.device or x.is_cpu else x.to(ref)
     return x
+
+
+def amp_on_host(grads: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None) -> bool:
+    """AMP for updates that unscale on the host (SparseAdam, Adafactor, Muon): True when
+    ``found_inf`` says the step is skipped (nothing may change, not even a step counter);
+    else the grads are divided by ``grad_scale`` in place (as torch's fused optimizers
+    leave them: unscaled), sparse grads through their values."""
+    if found_inf is not None and float(found_inf) != 0:
+        return True
+    if grad_scale is not None:
+        dense = [g for g in grads if not g.is_sparse]
+        if dense:
+            torch._foreach_div_(dense, grad_scale.to(dense[0].device))
+        for g in grads:
+            if g.is_sparse:
+                g._values().div_(grad_scale.to(g.device))
+    return False
+
+
+def contiguous_stage(tensors: list[Tensor]) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
+    """Contiguous versions of ``tensors`` (the same tensor when already contiguous) and the
+    ``(original, copy)`` pairs to write back with :func:`write_back`."""
+    out, staged = [], []
+    for t in tensors:
+        if t is None or t.is_contiguous():
+            out.append(t)
+        else:
+            c = t.contiguous()
+            staged.append((t, c))
+            out.append(c)
+    return out, staged
+
+
+def write_back(staged: list[tuple[Tensor, Tensor]]) -> None:
+    for orig, copy in staged:
+        orig.copy_(copy)

@@ -192,25 +192,68 @@ def launch(
     block, iters = chunk_config()
     n = len(roles[0])
     roles = [r if r is not None else [None] * n for r in roles]
+    _compile_and_run(
+        kernel, buckets(roles), len(roles), block * iters, written, group_scalars, columns,
+        grad_scale, found_inf, dict(BLOCK=block, ITERS=iters, **constexprs),
+    )
+
+
+class _Raw:
+    """A bucket used as it is: the caller guarantees the layouts the kernel assumes."""
+
+    def __init__(self, indices: list[int], roles: Sequence[Sequence[Tensor | None]]):
+        self.indices = indices
+        self.roles = [[r[i] for i in indices] for r in roles]
+
+    def finish(self, written) -> None:
+        pass
+
+
+def launch_raw(
+    kernel,
+    roles: Sequence[Sequence[Tensor | None]],
+    chunk: int,
+    group_scalars: Sequence = (),
+    columns: Sequence = (),
+    **constexprs,
+) -> None:
+    """Like :func:`launch`, for kernels whose roles have different shapes (reductions,
+    row gathers): one program per ``chunk`` elements of role 0, no staging (every tensor
+    is used in place, as the caller laid it out), no AMP arguments, and ``BLOCK``/``ITERS``
+    only if the caller passes them. Tensors whose role-0 tensor is empty get no entry."""
+    n = len(roles[0])
+    roles = [r if r is not None else [None] * n for r in roles]
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(roles[0]):
+        if t.numel() == 0:
+            continue
+        key = (t.device,) + tuple(None if r[i] is None else r[i].dtype for r in roles)
+        groups.setdefault(key, []).append(i)
+    _compile_and_run(kernel, [_Raw(idx, roles) for idx in groups.values()], len(roles), chunk,
+                     (), group_scalars, columns, None, None, constexprs)
+
+
+def _compile_and_run(kernel, bucket_list, n_roles, chunk, written, group_scalars, columns,
+                     grad_scale, found_inf, constexprs) -> None:
     plans = []
-    for b in buckets(roles):
+    for b in bucket_list:
         device = b.roles[0][0].device
-        itab, n_entries = _index_table(b, block * iters, device)
+        itab, n_entries = _index_table(b, chunk, device)
         stab = scalar_table(group_scalars, columns, b.indices, device)
         refs = [row[0] if row[0] is not None else b.roles[0][0] for row in b.roles]
         gs = grad_scale.to(device) if grad_scale is not None else stab
         fi = found_inf.to(device=device, dtype=torch.float32) if found_inf is not None else stab
         args = (itab, stab, gs, fi, len(b.indices), n_entries, *refs)
         kwargs = dict(
-            N_ROLES=len(roles), N_GROUP=len(group_scalars), N_PER=max(len(columns), 1),
+            N_ROLES=n_roles, N_GROUP=len(group_scalars), N_PER=max(len(columns), 1),
             ACC64=b.roles[0][0].dtype == torch.float64,
             HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
-            BLOCK=block, ITERS=iters, **constexprs,
+            **constexprs,
         )
         plans.append((b, args, kwargs, n_entries))
     if not interpreting():
         for b, args, kwargs, n in plans:
-            refs = args[-len(roles):]
+            refs = args[-n_roles:]
             key = (kernel, refs[0].device, tuple(r.dtype for r in refs), tuple(sorted(kwargs.items())))
             if key in _COMPILED:
                 continue

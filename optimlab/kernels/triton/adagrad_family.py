@@ -85,24 +85,27 @@ def _rmsprop_kernel(
         mask = offs < numel
         p = h.load(pp, offs, mask, ACC64)
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        # Rounded op by op as torch's for-loop: add(alpha=)/addcmul are one fused
+        # multiply-add in torch's kernels, addcdiv is ``self + (value * t1) / t2``.
         if HAS_WD:
-            g = g + wd * p
+            g = tl.fma(wd + tl.zeros_like(p), p, g)  # grad.add(param, alpha=wd)
         v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, alpha, one_minus_alpha)
         h.store(vp, offs, v, mask)
         if CENTERED:
             gavgp = h.tensor_ptr(itab, 4, n_tensors, ti, gavg_ref)
             gavg = h.lerp(h.load(gavgp, offs, mask, ACC64), g, one_minus_alpha)
             h.store(gavgp, offs, gavg, mask)
-            avg = h.sqrt(v - gavg * gavg, ACC64) + eps
+            # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
+            avg = h.sqrt(tl.fma(-gavg, gavg, v), ACC64) + eps
         else:
             avg = h.sqrt(v, ACC64) + eps
         if MOMENTUM:
             bp = h.tensor_ptr(itab, 3, n_tensors, ti, buf_ref)
             b = h.load(bp, offs, mask, ACC64) * momentum + h.div(g, avg, ACC64)
             h.store(bp, offs, b, mask)
-            p = p + neg_lr * b
+            p = tl.fma(neg_lr + tl.zeros_like(b), b, p)  # param.add_(buf, alpha=-lr)
         else:
-            p = p + neg_lr * h.div(g, avg, ACC64)
+            p = p + h.div(neg_lr * g, avg, ACC64)  # param.addcdiv_(grad, avg, value=-lr)
         h.store(pp, offs, p, mask)
 
 

@@ -279,3 +279,90 @@ def radam(group, params, grads, state, grad_scale=None, found_inf=None):
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
     commit_steps(steps, found_inf)
+
+
+# ---- SparseAdam ----------------------------------------------------------------------------
+@triton.jit
+def _sparse_adam_kernel(
+    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
+    val_ref, row_ref, p_ref, m_ref, v_ref,
+    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+):
+    """One program per chunk of a coalesced sparse grad's values ``(nnz, row_len)``: each
+    value updates element ``row * row_len + col`` of the (contiguous) param and moments.
+    Coalesced rows are distinct, so no two programs write one element."""
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
+    valp = h.tensor_ptr(itab, 0, n_tensors, ti, val_ref)
+    rowp = h.tensor_ptr(itab, 1, n_tensors, ti, row_ref)
+    pp = h.tensor_ptr(itab, 2, n_tensors, ti, p_ref)
+    mp = h.tensor_ptr(itab, 3, n_tensors, ti, m_ref)
+    vp = h.tensor_ptr(itab, 4, n_tensors, ti, v_ref)
+    omb1 = h.scalar(stab, 0, ACC64)  # 1 - beta1
+    omb2 = h.scalar(stab, 1, ACC64)  # 1 - beta2
+    eps = h.scalar(stab, 2, ACC64)
+    row_len = tl.load(stab + N_GROUP + ti * N_PER).to(tl.int64)  # exact in fp64
+    neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
+    for it in range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        g = h.load(valp, offs, mask, ACC64)
+        if MAXIMIZE:
+            g = -g
+        dst = tl.load(rowp + offs // row_len, mask=mask, other=0) * row_len + offs % row_len
+        m_old = h.load(mp, dst, mask, ACC64)
+        v_old = h.load(vp, dst, mask, ACC64)
+        # torch's op order: (g - m) * (1 - beta1), then m + that; (g^2 - v) * (1 - beta2)
+        m = m_old + (g - m_old) * omb1
+        v = v_old + (g * g - v_old) * omb2
+        h.store(mp, dst, m, mask)
+        h.store(vp, dst, v, mask)
+        upd = neg_step_size * h.div(m, h.sqrt(v, ACC64) + eps, ACC64)
+        h.store(pp, dst, h.load(pp, dst, mask, ACC64) + upd, mask)
+
+
+def _flat_rows(grad: torch.Tensor) -> torch.Tensor:
+    """The coalesced grad's row numbers in the param viewed as ``(prod(sparse dims), -1)``."""
+    idx = grad._indices()
+    sd = grad.sparse_dim()
+    if sd == 1:
+        return idx[0].contiguous()
+    if sd == 0:
+        return torch.zeros(idx.shape[1], dtype=torch.int64, device=idx.device)
+    sizes = list(grad.shape[:sd])
+    mult = [1] * sd
+    for d in range(sd - 2, -1, -1):
+        mult[d] = mult[d + 1] * sizes[d + 1]
+    return (idx * torch.tensor(mult, dtype=idx.dtype, device=idx.device)[:, None]).sum(0)
+
+
+def sparse_adam(group, params, grads, state, grad_scale=None, found_inf=None):
+    from ...sparse_adam import sparse_adam_step_size
+    from ._host import amp_on_host, contiguous_stage, write_back
+    from ._launcher import chunk_config, launch_raw
+
+    if amp_on_host(grads, grad_scale, found_inf):
+        return
+    lr, (beta1, beta2), eps = _to_scalar(group["lr"]), group["betas"], group["eps"]
+    steps = state["step"]
+    vals, rows, row_lens, neg_ss = [], [], [], []
+    for i, g in enumerate(grads):
+        steps[i] += 1  # counted even when the grad has no entries, as torch does
+        g = g.coalesce()
+        v = g._values()
+        vals.append(v.contiguous().reshape(-1))
+        rows.append(_flat_rows(g))
+        row_lens.append(float(v[0].numel()) if v.shape[0] else 1.0)
+        ss = sparse_adam_step_size(lr, beta1, beta2, steps[i])
+        neg_ss.append(value(-ss))
+    ps, staged = contiguous_stage(list(params))
+    ms, staged_m = contiguous_stage(list(state["exp_avg"]))
+    vs, staged_v = contiguous_stage(list(state["exp_avg_sq"]))
+    block, iters = chunk_config()
+    launch_raw(
+        _sparse_adam_kernel, [vals, rows, ps, ms, vs], block * iters,
+        group_scalars=[1 - beta1, 1 - beta2, eps], columns=[row_lens, neg_ss],
+        BLOCK=block, ITERS=iters, MAXIMIZE=bool(group.get("maximize", False)),
+    )
+    write_back(staged + staged_m + staged_v)
