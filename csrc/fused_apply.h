@@ -18,6 +18,7 @@
 //     unscaled (as torch's _fused_adam_ does), and the update uses them.
 #pragma once
 
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
@@ -239,11 +240,15 @@ void fused_apply(const char* name, const Op& op, const std::vector<Operand>& ops
     }
   };
   const int64_t n_items = static_cast<int64_t>(items.size());
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+  run(0, n_items);  // torch uses OpenMP but this compiler has none: stay on one thread
+#else
   if (total < kSerialBelow || n_items < 2) {
     run(0, n_items);
   } else {
     at::parallel_for(0, n_items, 1, run);
   }
+#endif
   detail::finish(pr);
 }
 

@@ -131,6 +131,7 @@ class Adafactor(Optimizer):
     """
 
     algorithm = "adafactor"
+    elementwise = False  # reductions / matrix functions over whole tensors
     complex_as_real = False  # refused in _check_group, as torch refuses them
     setstate_defaults = {"foreach": None}
 

@@ -269,6 +269,7 @@ class LBFGS(Optimizer):
     """
 
     algorithm = "lbfgs"
+    elementwise = False  # reductions / matrix functions over whole tensors
 
     def __init__(
         self,

@@ -95,6 +95,7 @@ class Muon(Optimizer):
     """
 
     algorithm = "muon"
+    elementwise = False  # reductions / matrix functions over whole tensors
     complex_as_real = False  # refused in _check_group, as torch refuses them
 
     def __init__(

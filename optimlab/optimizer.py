@@ -58,6 +58,40 @@ def _use_grad_for_differentiable(step):
     return wrapper
 
 
+def _local(t):
+    """A DTensor's local shard (sharing its storage); other values pass through."""
+    return t._local_tensor if _is_dtensor(t) else t
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+@torch.compiler.disable  # a fused kernel launch is a graph break under torch.compile
+def _fused_update(update, group, params, grads, states, grad_scale, found_inf, elementwise):
+    # Elementwise kernels update each DTensor's local shard in place (FSDP2 params are
+    # sharded DTensors; the update needs no communication). Row/column reductions
+    # (Adafactor) and matrix functions (Muon) need the whole tensor: no shortcut there.
+    if not elementwise:
+        update(group, params, grads, states, grad_scale=grad_scale, found_inf=found_inf)
+        return
+    local = {k: [_local(t) for t in v] for k, v in states.items()}
+    update(group, [_local(t) for t in params], [_local(t) for t in grads], local,
+           grad_scale=grad_scale, found_inf=found_inf)
+    for k, lst in local.items():  # state an update created lazily: sharded like its param
+        for i, new in enumerate(lst):
+            if new is not _local(states[k][i]):
+                p = params[i]
+                if _is_dtensor(p) and not _is_dtensor(new):
+                    new = type(p).from_local(new, p.device_mesh, p.placements,
+                                             shape=p.shape, stride=p.stride())
+                states[k][i] = new
+
+
 class Optimizer(torch.optim.Optimizer):
     """Base class of optimlab optimizers (a subclass of ``torch.optim.Optimizer``)."""
 
@@ -72,6 +106,8 @@ class Optimizer(torch.optim.Optimizer):
     #: wording and device list of torch's capturable-device assertion for this algorithm
     capturable_tensors: ClassVar[str] = "params and state_steps"
     capturable_xla_forloop: ClassVar[bool] = True
+    #: the update is elementwise (fused kernels may then run on DTensor local shards)
+    elementwise: ClassVar[bool] = True
     #: torch's foreach update asserts on ``differentiable=True`` (all but SGD)
     foreach_refuses_differentiable: ClassVar[bool] = True
 
@@ -125,6 +161,11 @@ class Optimizer(torch.optim.Optimizer):
                 and self.foreach_refuses_differentiable):
             raise AssertionError("_foreach ops don't support autograd")
         choice = _dispatch.resolve(self.algorithm, group, params)
+        if (choice.name in _dispatch.FUSED_BACKENDS and not self.elementwise
+                and any(_is_dtensor(p) for p in params)):
+            # a whole-tensor update of sharded DTensors needs DTensor's own ops
+            choice = _dispatch.BackendChoice("forloop", f"{choice.name} needs whole tensors; "
+                                             "DTensor params run the for-loop")
         _dispatch.check(choice.name, self.algorithm, group, params)
         if group.get("capturable") and not torch.compiler.is_compiling():
             self._check_capturable(params, xla=choice.name != "foreach" and self.capturable_xla_forloop)
@@ -163,9 +204,8 @@ class Optimizer(torch.optim.Optimizer):
         if choice.name in _dispatch.FUSED_BACKENDS:
             # torch.amp.GradScaler sets these on optimizers with _step_supports_amp_scaling;
             # fused updates unscale inside the kernel and skip the step where found_inf.
-            update(group, params, grads, states,
-                   grad_scale=getattr(self, "grad_scale", None),
-                   found_inf=getattr(self, "found_inf", None))
+            _fused_update(update, group, params, grads, states, getattr(self, "grad_scale", None),
+                          getattr(self, "found_inf", None), self.elementwise)
         else:
             update(group, params, grads, states)
         # An update may create state lazily (SGD's momentum buffer): store it back.

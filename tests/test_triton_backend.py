@@ -13,14 +13,15 @@ import types  # noqa: E402
 
 import pytest  # noqa: E402
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 import torch  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 import optimlab  # noqa: E402
 import optimlab.kernels.triton as ot  # noqa: E402
 from optimlab import _dispatch  # noqa: E402
-from optimlab.kernels.triton import _launcher  # noqa: E402
+from optimlab.kernels.triton import _helpers, _launcher  # noqa: E402
 
 FUSED = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adamax", "ASGD", "NAdam",
          "RAdam", "Rprop"]
@@ -392,3 +393,166 @@ def test_kernels_compile_for_sm90():
         pytest.skip("this Triton install has no ptxas")
     assert res.returncode == 0, res.stderr[-4000:]
     assert "compiled" in res.stdout
+
+
+# ---- SparseAdam, Adafactor, Muon -----------------------------------------------------------
+def _sparse(idx, vals, shape):
+    return torch.sparse_coo_tensor(torch.as_tensor(idx, dtype=torch.long), vals, shape)
+
+
+def test_sparse_adam_rows(triton_env, monkeypatch):
+    """Sparse grads fused: duplicate (uncoalesced) rows, an empty grad, two sparse dims,
+    a transposed table, several chunks per grad; as torch's SparseAdam in float64."""
+    monkeypatch.setattr(_launcher, "INTERPRET_BLOCK", 4)
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 3), (5, 4), (4, 5), (4, 3)]
+    base = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    base[3] = base[3].t().contiguous().t()  # a transposed (non-contiguous) table
+
+    def grads(step):
+        g = torch.Generator().manual_seed(10 + step)
+        r = lambda *s: torch.randn(s, generator=g, dtype=torch.float64)  # noqa: E731
+        return [
+            _sparse([[0, 2, 2, 5]], r(4, 3), (6, 3)),  # row 2 twice
+            _sparse([[]], r(0, 4), (5, 4)) if step == 1
+            else _sparse([[4, 1]], r(2, 4), (5, 4)),
+            _sparse([[0, 3, 1], [4, 0, 4]], r(3), (4, 5)),  # sparse_dim 2, scalar values
+            _sparse([[3, 0]], r(2, 3), (4, 3)),
+        ]
+
+    for kw in (dict(lr=0.01), dict(lr=0.05, betas=(0.8, 0.9), maximize=True)):
+        ours = [torch.nn.Parameter(t.clone()) for t in base]
+        ref = [torch.nn.Parameter(t.clone()) for t in base]
+        o_opt, r_opt = optimlab.SparseAdam(ours, **kw), torch.optim.SparseAdam(ref, **kw)
+        for step in range(3):
+            for p, q, g in zip(ours, ref, grads(step)):
+                p.grad, q.grad = g.clone(), g.clone()
+            o_opt.step()
+            r_opt.step()
+        assert {c.name for c in o_opt.backends()} == {"triton"}
+        assert not ours[3].is_contiguous()
+        _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+        assert [o_opt.state[p]["step"] for p in ours] == [3] * 4
+
+
+def test_adafactor_factored_shapes(triton_env, monkeypatch):
+    """Factored params of 2, 3 and 4 dims (blocks of columns spanning matrices, rows
+    beyond one tile, a tall and a wide matrix), 1-D and 0-D params, a grad with other
+    strides, eps1=None taken from the first param's dtype: as torch's for-loop."""
+    from optimlab.kernels.triton import matrix_family
+
+    monkeypatch.setattr(matrix_family, "INTERPRET_RED_BLOCK", 4)
+    monkeypatch.setattr(matrix_family, "INTERPRET_RED_TILE", 4)
+    monkeypatch.setattr(_launcher, "INTERPRET_BLOCK", 8)
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(11, 3), (2, 9), (3, 5, 3), (2, 2, 3, 2), (7,), ()]
+    tensors = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    for kw in (dict(), dict(lr=0.5, maximize=True, d=1.2, beta2_decay=-0.5, weight_decay=0.2),
+               dict(eps=(1e-3, 1e-2), lr=torch.tensor(0.05))):
+        ours = [torch.nn.Parameter(t.clone()) for t in tensors]
+        ref = [torch.nn.Parameter(t.clone()) for t in tensors]
+        o_opt = optimlab.Adafactor(ours, **kw)
+        r_opt = torch.optim.Adafactor(ref, **kw, foreach=False)
+        for seed in range(3):
+            gs = _grads(ours, seed)
+            gs[0] = gs[0].t().contiguous().t()  # same values, transposed strides
+            for p, q, g in zip(ours, ref, gs):
+                p.grad, q.grad = g.clone(), g.contiguous()
+            o_opt.step()
+            r_opt.step()
+        assert {c.name for c in o_opt.backends()} == {"triton"}
+        _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+def test_adafactor_eps1_none_from_first_param(triton_env):
+    """eps1=None: finfo(eps) of the group's first param (float32 here) for every param."""
+    gen = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(3, 4, generator=gen), torch.randn(4, 2, generator=gen, dtype=torch.float64)]
+    ours = [torch.nn.Parameter(t.clone()) for t in tensors]
+    ref = [torch.nn.Parameter(t.clone()) for t in tensors]
+    o_opt, r_opt = optimlab.Adafactor(ours), torch.optim.Adafactor(ref, foreach=False)
+    for seed in range(2):
+        for p, q, g in zip(ours, ref, _grads(ours, seed)):
+            g = g * 1e-5  # small grads: eps1 matters
+            p.grad, q.grad = g.clone(), g.clone()
+        o_opt.step()
+        r_opt.step()
+    torch.testing.assert_close(ours[1].detach(), ref[1].detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours[0].detach(), ref[0].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_muon_batched_newton_schulz(triton_env, monkeypatch):
+    """Same-shape matrices go through Newton–Schulz as one (k, m, n) batch (tall ones
+    too); a lone shape takes the 2-D path. Every option: as torch's for-loop."""
+    from optimlab import muon as muon_mod
+
+    seen = []
+    real = muon_mod.zeropower_via_newtonschulz
+
+    def spy(x, *a):
+        seen.append(tuple(x.shape))
+        return real(x, *a)
+
+    monkeypatch.setattr(muon_mod, "zeropower_via_newtonschulz", spy)
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (5, 2), (4, 3), (2, 5), (5, 2), (4, 3)]
+    tensors = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    for kw in (dict(), dict(nesterov=False, adjust_lr_fn="match_rms_adamw", lr=0.02),
+               dict(momentum=0.0, weight_decay=0.0, ns_steps=3),
+               dict(lr=torch.tensor(0.01), adjust_lr_fn="original", weight_decay=0.3)):
+        ours = [torch.nn.Parameter(t.clone()) for t in tensors]
+        ref = [torch.nn.Parameter(t.clone()) for t in tensors]
+        o_opt, r_opt = optimlab.Muon(ours, **kw), torch.optim.Muon(ref, **kw)
+        seen.clear()
+        for seed in range(2):
+            for p, q, g in zip(ours, ref, _grads(ours, seed)):
+                p.grad, q.grad = g.clone(), g.clone()
+            o_opt.step()
+            r_opt.step()
+        assert sorted(seen[:3]) == sorted([(3, 4, 3), (2, 5, 2), (2, 5)])  # one step's calls
+        _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+@triton.jit
+def _store_kernel(src, dst, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    _helpers.store(dst, offs, tl.load(src + offs, mask=mask), mask)
+
+
+def test_bf16_store_rounds_to_nearest_even():
+    """The kernels' bfloat16 stores (``_helpers.store``) round as torch does (ties to even,
+    overflow to inf), in the interpreter too (whose own fp32 -> bf16 cast truncates)."""
+    x = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 1.0 + 2**-8 + 2**-20,
+                      3.4e38, float("inf"), float("-inf"), 1e-40, -0.0, float("nan")])
+    for src in (x, x.double()):
+        out = torch.empty_like(x, dtype=torch.bfloat16)
+        _store_kernel[(1,)](src, out, x.numel(), BLOCK=16)
+        assert torch.equal(out[:-1].view(torch.int16), src[:-1].bfloat16().view(torch.int16))
+        assert out[-1].isnan()
+
+
+def test_rmsprop_op_order_matches_torch(triton_env, monkeypatch):
+    """RMSprop (centered, momentum, weight decay, maximize) in float32 is bit for bit torch's
+    for-loop once the interpreter's square root is torch's. (torch's CPU float32 sqrt is
+    not correctly rounded, ~1 element in 7 is 1 ulp off, while the kernel's is, as torch's
+    CUDA sqrt: that is the only difference left; see docs/triton-backend.md.)"""
+    np = pytest.importorskip("numpy")
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if builder is None or not hasattr(builder, "create_precise_sqrt"):
+        pytest.skip("this Triton's interpreter has no sqrt hook to patch")
+
+    def torch_sqrt(self, arg):
+        return self.unary_op(arg, lambda a: torch.from_numpy(np.ascontiguousarray(a)).sqrt().numpy())
+
+    monkeypatch.setattr(builder, "create_precise_sqrt", torch_sqrt)
+    monkeypatch.setattr(builder, "create_sqrt", torch_sqrt)
+    kw = dict(lr=0.01, centered=True, momentum=0.9, weight_decay=0.1, maximize=True)
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(12, generator=gen), torch.randn(3, generator=gen)]
+    ours, o_opt, ref, r_opt = _pair("RMSprop", tensors, **kw)
+    for seed in range(3):
+        _step_both(ours, o_opt, ref, r_opt, seed)
+    _close(ours, ref, o_opt, r_opt, rtol=0, atol=0)

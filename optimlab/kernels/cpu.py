@@ -15,7 +15,7 @@ torch's and Python's versions and the CPU capability, so later processes just
 import it. The instruction set follows ``torch.backends.cpu.get_cpu_capability()``
 (AVX512 / AVX2 / DEFAULT: the same choice torch makes for its own kernels on this
 machine), never ``-march=native``; a cache shared by different machines keeps
-one build per capability. ``python -m optimlab.kernels.cpu`` builds ahead of time.
+one build per capability. ``python -m optimlab.kernels`` builds ahead of time.
 
 If no compiler is found or the build fails, the backend reports itself
 unavailable with the reason: the default falls back to foreach with one
@@ -208,11 +208,6 @@ def availability() -> str | None:
     return _unavailable_reason
 
 
-def _reset_for_tests() -> None:
-    global _module, _checked, _unavailable_reason
-    _module, _checked, _unavailable_reason = None, False, None
-
-
 _dispatch.register_availability("cpp", availability)
 
 
@@ -279,7 +274,8 @@ def _pick(lst, idx):
 
 
 def _steps_begin(ext, steps, found_inf):
-    """``step += 1`` for each counter; the new values (floats, as ``_get_value`` reads them)."""
+    """``step += 1`` for each counter (also when found_inf: torch's fused steps take the
+    increment back afterwards, see _steps_end); the new values, as ``_get_value`` reads them."""
     return ext.add_to_scalars(steps, 1.0)
 
 

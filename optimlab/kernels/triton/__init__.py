@@ -174,9 +174,10 @@ def _make_update(algorithm: str, module: str, fname: str, sparse: str):
             # sparse grads are not fused: the for-loop reference updates those params
             with_sparse = [i for i, g in enumerate(grads) if g.is_sparse]
             dense = [i for i, g in enumerate(grads) if not g.is_sparse]
-            if grad_scale is not None or found_inf is not None:
-                raise RuntimeError(f"optimlab {algorithm} (triton): AMP scaling with sparse grads "
-                                   "is not supported")
+            from ._host import amp_on_host
+
+            if amp_on_host(grads, grad_scale, found_inf):  # skipped, or every grad unscaled
+                return
             _subset(_dispatch.kernel(algorithm, "forloop"), with_sparse, group, params, grads, state)
             if dense:
                 _subset(update, dense, group, params, grads, state)

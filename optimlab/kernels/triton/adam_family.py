@@ -119,7 +119,8 @@ def _adamax_kernel(
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
         p, g = h.weight_decay(p, g, wd, wd, WD_MODE)
         m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
-        u = tl.maximum(h.load(up, offs, mask, ACC64) * beta2, tl.abs(g) + eps)
+        u = tl.maximum(h.load(up, offs, mask, ACC64) * beta2, tl.abs(g) + eps,
+                       propagate_nan=tl.PropagateNan.ALL)  # torch.maximum keeps NaN
         h.store(mp, offs, m, mask)
         h.store(up, offs, u, mask)
         h.store(pp, offs, p + neg_step_size * h.div(m, u, ACC64), mask)

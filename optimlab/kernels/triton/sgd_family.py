@@ -169,13 +169,15 @@ def _rprop_kernel(
         mask = offs < numel
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
         prod = g * h.load(prevp, offs, mask, ACC64)
-        # torch: factor = etaplus / etaminus / 1 for sign +/-/0 (NaN stays NaN)
-        factor = tl.where(prod > 0, etaplus, tl.where(prod < 0, etaminus, tl.where(prod == 0, 1.0, prod)))
+        # torch: factor = etaplus / etaminus / 1 for sign +/-/0; torch.sign(NaN) is 0
+        factor = tl.where(prod > 0, etaplus, tl.where(prod < 0, etaminus, 1.0))
         size = h.load(sp, offs, mask, ACC64) * factor
-        size = tl.minimum(tl.maximum(size, size_min), size_max)
+        # clamp_ as torch: NaN stays NaN
+        size = tl.minimum(tl.maximum(size, size_min, propagate_nan=tl.PropagateNan.ALL), size_max,
+                          propagate_nan=tl.PropagateNan.ALL)
         h.store(sp, offs, size, mask)
         g = tl.where(factor == etaminus, 0.0, g)
-        sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
+        sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0, as torch
         h.store(pp, offs, h.load(pp, offs, mask, ACC64) - sign * size, mask)
         h.store(prevp, offs, g, mask)
 
