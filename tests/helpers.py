@@ -10,6 +10,10 @@ import torch
 from optim_db import Config, OptimSpec, flags_for, loss_fn, make_params
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+# Fused kernels (cpp, triton) vs torch's CPU for-loop in float32: the kernels use a
+# correctly rounded sqrt, torch's vectorized CPU sqrt is up to 1 ulp off; centered
+# RMSprop's sqrt(square_avg - grad_avg^2) cancels and amplifies that to ~2e-5.
+FUSED_F32_TOL = dict(rtol=5e-5, atol=1e-6)
 
 
 def param_groups(spec: OptimSpec, params):
@@ -67,9 +71,9 @@ def _same_value(a, b, tol, where):
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def assert_same(ours, ref, dtype):
+def assert_same(ours, ref, dtype, tol=None):
     """Params, every state entry (names, order, dtypes, values) and param groups agree."""
-    tol = TOL[dtype]
+    tol = tol or TOL[dtype]
     for i, (a, b) in enumerate(zip(ours.params, ref.params)):
         _same_value(a.detach(), b.detach(), tol, f"param {i}")
     so, sr = ours.opt.state_dict(), ref.opt.state_dict()
