@@ -56,6 +56,9 @@ def parse(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the sweep, interleaved, and report the median of the rounds' medians "
+                         "(shared machines: a burst of load then hits every backend alike)")
     ap.add_argument("--quick", action="store_true", help="256K params in 16 tensors, few iterations, no torch.compile")
     ap.add_argument("--out", default="bench-results", help="folder for results.json, results.csv, results.png")
     ap.add_argument("--no-plot", action="store_true")
@@ -87,11 +90,22 @@ def sweep(args) -> tuple[list[Row], float]:
     copy_gbps = copy_bandwidth(args.device)
     shapes_of = {p: (custom(args.total, args.count) if p == "custom" else PRESETS[p]()) for p in args.presets}
     jobs = [(o, b, p, d) for p in args.presets for d in args.dtypes for o in args.optimizers for b in args.backends]
-    rows = []
-    for opt, backend, preset, dtype in tqdm(jobs, desc="optimizer steps", unit="run", file=sys.stderr):
-        rows.append(measure(opt, backend, shapes_of[preset], preset, DTYPES[dtype], args.device,
-                            copy_gbps, args.warmup, args.iters))
+    runs: list[list[Row]] = [[] for _ in jobs]
+    bar = tqdm(total=len(jobs) * args.rounds, desc="optimizer steps", unit="run", file=sys.stderr)
+    for _ in range(args.rounds):
+        for i, (opt, backend, preset, dtype) in enumerate(jobs):
+            runs[i].append(measure(opt, backend, shapes_of[preset], preset, DTYPES[dtype], args.device,
+                                   copy_gbps, args.warmup, args.iters))
+            bar.update()
+    bar.close()
+    rows = [_median_row(r) for r in runs]
     return rows, copy_gbps
+
+
+def _median_row(rounds: list[Row]) -> Row:
+    """The round whose step time is the median (its GB/s etc. follow from that time)."""
+    ok = sorted((r for r in rounds if r.status == "ok"), key=lambda r: r.median_ms)
+    return ok[(len(ok) - 1) // 2] if ok else rounds[0]
 
 
 def table(rows: list[Row], copy_gbps: float) -> str:

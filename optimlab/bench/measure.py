@@ -120,9 +120,17 @@ def make_params(shapes, dtype, device, optimizer: str, seed: int = 0):
     return params
 
 
+# Options most training runs use, applied to every backend alike (SGD without momentum
+# is a bare axpy and would not represent SGD users).
+TYPICAL = {"SGD": {"momentum": 0.9}}
+
+
 def build(optimizer: str, backend: str, params):
-    """(optimizer, step function, env override) for a backend label, or raise."""
+    """(optimizer, env override) for a backend label, or raise."""
     lib, _, impl = backend.partition("-")
+    options = TYPICAL.get(optimizer, {})
+    if options:
+        params = [{"params": params, **options}]
     if lib == "optimlab":
         cls = getattr(optimlab, optimizer)
         if impl in ("forloop", "foreach") and "foreach" in _signature(cls):
