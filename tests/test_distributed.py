@@ -63,34 +63,11 @@ def _unusable(spec, backend):
     return _dispatch._unavailable(spec.ours_cls.algorithm, backend)
 
 
-def _case_ids(only_crashing=None):
-    """Case ids; ``only_crashing`` True/False selects the cases of KNOWN_CRASHES or the others."""
+def _case_ids():
     from optim_db import backends
 
-    ids = [f"{s.name}-{b}-{setup}" for s in _specs() for b in backends(s) for setup in SETUPS
-           if _unusable(s, b) is None]
-    if only_crashing is None:
-        return ids
-    return [c for c in ids if (_known_crash(c) is not None) == only_crashing]
-
-
-# (backend, setup) -> a known optimlab bug there. Those cases run in one launch per entry,
-# so a crashing worker fails only them; each is a strict xfail: fixing the bug makes it
-# XPASS, which fails until the entry is removed.
-KNOWN_BUGS: dict = {}
-
-
-# cases of a KNOWN_BUGS entry that pass all the same: torch raises the same exception type
-# under FSDP2 (Adafactor's in-place ops on partial DTensors), or the update never reaches a
-# Triton kernel (Rprop's triton step under FSDP2, checked against DDP's params)
-NOT_AFFECTED = {("triton", "fsdp2"): {"Adafactor", "Rprop"}}
-
-
-def _known_crash(case):
-    name, backend, setup = case.split("-")
-    if name in NOT_AFFECTED.get((backend, setup), ()):
-        return None
-    return KNOWN_BUGS.get((backend, setup))
+    return [f"{s.name}-{b}-{setup}" for s in _specs() for b in backends(s) for setup in SETUPS
+            if _unusable(s, b) is None]
 
 
 # ---- worker side ---------------------------------------------------------------------------
@@ -281,7 +258,7 @@ def _launch(cases):
 
 @pytest.fixture(scope="module")
 def results():
-    return _launch(_case_ids(only_crashing=False))
+    return _launch(_case_ids())
 
 
 def _check(results, case):
@@ -290,28 +267,9 @@ def _check(results, case):
         assert status == "ok", f"rank {rank}: {detail}"
 
 
-@pytest.mark.parametrize("case", _case_ids(only_crashing=False))
+@pytest.mark.parametrize("case", _case_ids())
 def test_matches_torch(results, case):
     _check(results, case)
-
-
-def _crash_cases():
-    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=_known_crash(c)))
-            for c in _case_ids(only_crashing=True)]
-
-
-_BUG_RESULTS: dict[str, list[dict]] = {}
-
-
-@pytest.mark.parametrize("case", _crash_cases())
-def test_known_bugs(case):
-    reason = _known_crash(case)
-    if reason not in _BUG_RESULTS:  # one launch per known bug: a crash takes only its cases down
-        try:
-            _BUG_RESULTS[reason] = _launch([c for c in _case_ids(True) if _known_crash(c) == reason])
-        except Exception as e:  # noqa: BLE001 - a dead worker fails every case of this bug
-            _BUG_RESULTS[reason] = [{"launch": ("crash", f"{type(e).__name__}: {e}")}] * WORLD
-    _check(_BUG_RESULTS[reason], case)
 
 
 def test_fsdp2_params_are_sharded_dtensors():
