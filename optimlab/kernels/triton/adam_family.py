@@ -18,6 +18,34 @@ from ._launcher import launch
 
 
 @triton.jit
+def _adam_scalars_in(stab, ACC64: tl.constexpr):
+    """The group scalars every Adam-family launch passes first, in this order."""
+    w1 = h.scalar(stab, 0, ACC64)  # 1 - beta1
+    beta2 = h.scalar(stab, 1, ACC64)
+    omb2 = h.scalar(stab, 2, ACC64)  # 1 - beta2
+    eps = h.scalar(stab, 3, ACC64)
+    wd = h.scalar(stab, 4, ACC64)
+    decay = h.scalar(stab, 5, ACC64)  # 1 - lr * wd (decoupled)
+    return w1, beta2, omb2, eps, wd, decay
+
+
+@triton.jit
+def _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
+             HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
+             ACC64: tl.constexpr):
+    """The Adam-family prologue: p and g (unscaled, maximize), weight decay, then
+    m = lerp(m, g, 1 - beta1) and v = beta2 * v + (1 - beta2) * g^2, stored."""
+    p = h.load(pp, offs, mask, ACC64)
+    g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+    p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
+    m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
+    v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
+    h.store(mp, offs, m, mask)
+    h.store(vp, offs, v, mask)
+    return p, g, m, v
+
+
+@triton.jit
 def _adam_kernel(
     itab, stab, grad_scale, found_inf, n_tensors, n_entries,
     p_ref, g_ref, m_ref, v_ref, vmax_ref,
@@ -32,24 +60,14 @@ def _adam_kernel(
     gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
     mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
     vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
-    w1 = h.scalar(stab, 0, ACC64)  # 1 - beta1
-    beta2 = h.scalar(stab, 1, ACC64)
-    omb2 = h.scalar(stab, 2, ACC64)  # 1 - beta2
-    eps = h.scalar(stab, 3, ACC64)
-    wd = h.scalar(stab, 4, ACC64)
-    decay = h.scalar(stab, 5, ACC64)  # 1 - lr * wd
+    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     for it in range(ITERS):
         offs = start + it * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
-        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
-        v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
-        h.store(mp, offs, m, mask)
-        h.store(vp, offs, v, mask)
+        p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
+                              HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
         if AMSGRAD:
             vmaxp = h.tensor_ptr(itab, 4, n_tensors, ti, vmax_ref)
             v = tl.maximum(h.load(vmaxp, offs, mask, ACC64), v)
@@ -162,25 +180,15 @@ def _nadam_kernel(
     gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
     mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
     vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
-    w1 = h.scalar(stab, 0, ACC64)
-    beta2 = h.scalar(stab, 1, ACC64)
-    omb2 = h.scalar(stab, 2, ACC64)
-    eps = h.scalar(stab, 3, ACC64)
-    wd = h.scalar(stab, 4, ACC64)
-    decay = h.scalar(stab, 5, ACC64)
+    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     bc2 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     grad_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     exp_avg_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
     for it in range(ITERS):
         offs = start + it * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
-        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
-        v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
-        h.store(mp, offs, m, mask)
-        h.store(vp, offs, v, mask)
+        p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
+                              HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
         denom = h.sqrt(h.div(v, bc2, ACC64), ACC64) + eps
         p = p + grad_step * h.div(g, denom, ACC64)
         p = p + exp_avg_step * h.div(m, denom, ACC64)
@@ -233,12 +241,7 @@ def _radam_kernel(
     gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
     mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
     vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
-    w1 = h.scalar(stab, 0, ACC64)
-    beta2 = h.scalar(stab, 1, ACC64)
-    omb2 = h.scalar(stab, 2, ACC64)
-    eps = h.scalar(stab, 3, ACC64)
-    wd = h.scalar(stab, 4, ACC64)
-    decay = h.scalar(stab, 5, ACC64)
+    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     lr = h.scalar(stab, 6, ACC64)
     bc1 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
@@ -246,13 +249,8 @@ def _radam_kernel(
     for it in range(ITERS):
         offs = start + it * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
-        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
-        v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
-        h.store(mp, offs, m, mask)
-        h.store(vp, offs, v, mask)
+        p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
+                              HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
         upd = h.div(m, bc1, ACC64) * lr
         adaptive = h.div(bc2_sqrt + 0 * v, h.sqrt(v, ACC64) + eps, ACC64)
         upd = tl.where(rect > 0, upd * adaptive * rect, upd)
