@@ -74,8 +74,8 @@ def _param_name(group: dict, i: int) -> str:
 def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = False) -> None:
     """Raise a clear error, naming the parameter, for inputs a Triton kernel cannot take.
 
-    Called before the kernel touches anything. (Best called at plan time, before any
-    group is stepped: see docs/triton-backend.md, "What the base class needs".)"""
+    Registered with the dispatcher as the triton backend's plan-time check, so it runs
+    before any param group is updated."""
     if not params:
         return
     dev0 = params[0].device
