@@ -24,6 +24,8 @@ warning, and an explicit ``fused=True`` or ``OPTIMLAB_BACKEND=cpp`` raises.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import importlib.util
 import os
@@ -299,18 +301,35 @@ def _per_step(fn, values):
     return out
 
 
+def _stepped_update(algorithm: str):
+    """Register ``body(ext, group, params, grads, state, steps, grad_scale, found_inf)`` as
+    ``algorithm``'s cpp update, with what every such update shares: the fallbacks
+    (``_run_elsewhere``), ``step += 1`` before the kernel (``steps``: the new values) and
+    torch's take-back of a step skipped by ``found_inf`` after it."""
+
+    def wrap(body):
+        @functools.wraps(body)
+        def update(group, params, grads, state, grad_scale=None, found_inf=None):
+            if _run_elsewhere(algorithm, group, params, grads, state, grad_scale, found_inf):
+                return
+            ext = load()
+            steps = _steps_begin(ext, state["step"], found_inf)
+            body(ext, group, params, grads, state, steps, grad_scale, found_inf)
+            _steps_end(ext, state["step"], found_inf)
+
+        return _dispatch.register(algorithm, "cpp")(update)
+
+    return wrap
+
+
 # ---- the update functions, one per algorithm --------------------------------------------------
-@_dispatch.register("adam", "cpp")
-def _adam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("adam", group, params, grads, state, grad_scale, found_inf):
-        return
+@_stepped_update("adam")
+def _adam_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     from ..adam import adam_scalars
 
-    ext = load()
     lr = _to_scalar(group["lr"])
     beta1, beta2 = (_to_scalar(b) for b in group["betas"])
     wd, amsgrad = group["weight_decay"], group["amsgrad"]
-    steps = _steps_begin(ext, state["step"], found_inf)
     scalars = _per_step(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))), steps)
     for idx in _by_dtype(params):
         ref = params[idx[0]]
@@ -323,7 +342,6 @@ def _adam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
             bool(group["decoupled_weight_decay"]), bool(amsgrad), bool(group["maximize"]),
             grad_scale, found_inf,
         )
-    _steps_end(ext, state["step"], found_inf)
 
 
 @_dispatch.register("sgd", "cpp")
@@ -350,52 +368,37 @@ def _sgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
     )
 
 
-@_dispatch.register("adagrad", "cpp")
-def _adagrad_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("adagrad", group, params, grads, state, grad_scale, found_inf):
-        return
+@_stepped_update("adagrad")
+def _adagrad_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     from ..adagrad import adagrad_clr
 
-    ext = load()
     lr, lr_decay = _to_scalar(group["lr"]), group["lr_decay"]
-    steps = _steps_begin(ext, state["step"], found_inf)
     clr = _per_step(lambda s: _value(adagrad_clr(lr, lr_decay, s)), steps)
     ext.adagrad(
         [_real(p) for p in params], [_real(g) for g in grads], [_real(s) for s in state["sum"]], clr,
         _value(group["weight_decay"]), float(group["eps"]), bool(group["maximize"]), grad_scale, found_inf,
     )
-    _steps_end(ext, state["step"], found_inf)
 
 
-@_dispatch.register("adadelta", "cpp")
-def _adadelta_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("adadelta", group, params, grads, state, grad_scale, found_inf):
-        return
-    ext = load()
-    _steps_begin(ext, state["step"], found_inf)
+@_stepped_update("adadelta")
+def _adadelta_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     ext.adadelta(
         params, grads, state["square_avg"], state["acc_delta"], _value(_to_scalar(group["lr"])),
         _value(group["rho"]), float(group["eps"]), _value(group["weight_decay"]), bool(group["maximize"]),
         grad_scale, found_inf,
     )
-    _steps_end(ext, state["step"], found_inf)
 
 
-@_dispatch.register("adamax", "cpp")
-def _adamax_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("adamax", group, params, grads, state, grad_scale, found_inf):
-        return
+@_stepped_update("adamax")
+def _adamax_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     from ..adamax import adamax_bias_correction
 
-    ext = load()
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
-    steps = _steps_begin(ext, state["step"], found_inf)
     step_size = _per_step(lambda s: _value(lr / adamax_bias_correction(beta1, s)), steps)
     ext.adamax(
         params, grads, state["exp_avg"], state["exp_inf"], step_size, _value(1 - beta1), _value(beta2),
         float(group["eps"]), _value(group["weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
     )
-    _steps_end(ext, state["step"], found_inf)
 
 
 @_dispatch.register("asgd", "cpp")
@@ -454,16 +457,12 @@ def _nadam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
     )
 
 
-@_dispatch.register("radam", "cpp")
-def _radam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("radam", group, params, grads, state, grad_scale, found_inf):
-        return
+@_stepped_update("radam")
+def _radam_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     from ..radam import radam_scalars
 
-    ext = load()
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
     wd = group["weight_decay"]
-    steps = _steps_begin(ext, state["step"], found_inf)
     scalars = _per_step(lambda s: tuple(map(_value, radam_scalars(lr, beta1, beta2, s)[:3])), steps)
     ext.radam(
         params, grads, state["exp_avg"], state["exp_avg_sq"], [x[0] for x in scalars],
@@ -471,38 +470,27 @@ def _radam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
         _value(1 - beta2), float(group["eps"]), _value(wd), _value(1 - lr * wd),
         bool(group["decoupled_weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
     )
-    _steps_end(ext, state["step"], found_inf)
 
 
-@_dispatch.register("rmsprop", "cpp")
-def _rmsprop_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("rmsprop", group, params, grads, state, grad_scale, found_inf):
-        return
-    ext = load()
+@_stepped_update("rmsprop")
+def _rmsprop_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     momentum, centered = _value(group["momentum"]), bool(group["centered"])
-    _steps_begin(ext, state["step"], found_inf)
     ext.rmsprop(
         params, grads, state["square_avg"], state["momentum_buffer"] if momentum > 0 else [],
         state["grad_avg"] if centered else [], _value(_to_scalar(group["lr"])), _value(group["alpha"]),
         float(group["eps"]), _value(group["weight_decay"]), momentum, centered, bool(group["maximize"]),
         grad_scale, found_inf,
     )
-    _steps_end(ext, state["step"], found_inf)
 
 
-@_dispatch.register("rprop", "cpp")
-def _rprop_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("rprop", group, params, grads, state, grad_scale, found_inf):
-        return
-    ext = load()
+@_stepped_update("rprop")
+def _rprop_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
     etaminus, etaplus = group["etas"]
     size_min, size_max = group["step_sizes"]
-    _steps_begin(ext, state["step"], found_inf)
     ext.rprop(
         params, grads, state["prev"], state["step_size"], _value(etaminus), _value(etaplus),
         _value(size_min), _value(size_max), bool(group["maximize"]), grad_scale, found_inf,
     )
-    _steps_end(ext, state["step"], found_inf)
 
 
 def _main(argv=None) -> int:
