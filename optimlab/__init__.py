@@ -8,22 +8,43 @@ from ._dispatch import BackendChoice
 from .adam import Adam, AdamW
 from .optimizer import Optimizer
 
-# Optimizers being written concurrently; each module's __all__ names its class.
-from .adadelta import *  # noqa: F401,F403
-from .adafactor import *  # noqa: F401,F403
-from .adagrad import *  # noqa: F401,F403
-from .adamax import *  # noqa: F401,F403
-from .asgd import *  # noqa: F401,F403
-from .lbfgs import *  # noqa: F401,F403
-from .muon import *  # noqa: F401,F403
-from .nadam import *  # noqa: F401,F403
-from .radam import *  # noqa: F401,F403
-from .rmsprop import *  # noqa: F401,F403
-from .rprop import *  # noqa: F401,F403
-from .sgd import *  # noqa: F401,F403
-from .sparse_adam import *  # noqa: F401,F403
+from .adadelta import Adadelta
+from .adafactor import Adafactor
+from .adagrad import Adagrad
+from .adamax import Adamax
+from .asgd import ASGD
+from .lbfgs import LBFGS
+from .muon import Muon
+from .nadam import NAdam
+from .radam import RAdam
+from .rmsprop import RMSprop
+from .rprop import Rprop
+from .sgd import SGD
+from .sparse_adam import SparseAdam
 
 from .kernels import cpu as _cpp_backend  # noqa: F401  registers "cpp" (builds on first use)
 from .kernels import triton as _triton_backend  # noqa: F401  registers "triton" (imports no triton)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ASGD",
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "BackendChoice",
+    "LBFGS",
+    "Muon",
+    "NAdam",
+    "Optimizer",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+    "SparseAdam",
+    "lr_scheduler",
+    "swa_utils",
+]

@@ -106,6 +106,7 @@ class Optimizer(torch.optim.Optimizer):
     #: wording and device list of torch's capturable-device assertion for this algorithm
     capturable_tensors: ClassVar[str] = "params and state_steps"
     capturable_xla_forloop: ClassVar[bool] = True
+    capturable_xla_foreach: ClassVar[bool] = False
     #: the update is elementwise (fused kernels may then run on DTensor local shards)
     elementwise: ClassVar[bool] = True
     #: torch's foreach update asserts on ``differentiable=True`` (all but SGD)
@@ -168,7 +169,9 @@ class Optimizer(torch.optim.Optimizer):
                                              "DTensor params run the for-loop")
         _dispatch.check(choice.name, self.algorithm, group, params)
         if group.get("capturable") and not torch.compiler.is_compiling():
-            self._check_capturable(params, xla=choice.name != "foreach" and self.capturable_xla_forloop)
+            foreach = choice.name == "foreach"
+            xla = self.capturable_xla_foreach if foreach else self.capturable_xla_forloop
+            self._check_capturable(params, xla=xla)
         return group, params, choice
 
     def _check_capturable(self, params: list[Tensor], xla: bool) -> None:

@@ -19,34 +19,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim import optimizer as _torch_optimizer
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["RMSprop", "check_capturable_devices"]
-
-
-def check_capturable_devices(opt: Optimizer, group: dict, params: list[Tensor]) -> None:
-    """torch's capturable device check (AssertionError), raised before anything changes.
-
-    torch raises it from inside the update (after lazily creating state); optimlab
-    raises the same error from ``_check_group`` so a refused step mutates nothing.
-    """
-    if not group.get("capturable") or torch.compiler.is_compiling():
-        return
-    # looked up on torch's module at call time, so it follows torch (and any patch of it)
-    supported = _torch_optimizer._get_capturable_supported_devices()
-    for p in params:
-        step = opt.state.get(p, {}).get("step")
-        step_device = step.device.type if torch.is_tensor(step) else p.device.type
-        if not (p.device.type == step_device and p.device.type in supported):
-            raise AssertionError(
-                "If capturable=True, params and state_steps must be on supported "
-                f"devices: {supported}."
-            )
+__all__ = ["RMSprop"]
 
 
 def _keys(momentum, centered) -> tuple[str, ...]:
@@ -132,6 +111,7 @@ class RMSprop(Optimizer):
     """
 
     algorithm = "rmsprop"
+    capturable_xla_foreach = True  # torch's foreach device list includes xla here
     sparse_grad_error = "RMSprop does not support sparse gradients"
     setstate_defaults = {
         "momentum": 0,
@@ -183,5 +163,3 @@ class RMSprop(Optimizer):
     def _state_keys(self, group):
         return _keys(group["momentum"], group["centered"])
 
-    def _check_group(self, group, params):
-        check_capturable_devices(self, group, params)

@@ -21,7 +21,6 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
-from .rmsprop import check_capturable_devices
 from ._validation import check_lr
 
 __all__ = ["Rprop"]
@@ -82,6 +81,7 @@ class Rprop(Optimizer):
     """
 
     algorithm = "rprop"
+    capturable_xla_foreach = True  # torch's foreach device list includes xla here
     sparse_grad_error = "Rprop does not support sparse gradients"
     setstate_defaults = {
         "foreach": None,
@@ -125,5 +125,3 @@ class Rprop(Optimizer):
     def _state_keys(self, group):
         return ("step", "prev", "step_size")
 
-    def _check_group(self, group, params):
-        check_capturable_devices(self, group, params)
