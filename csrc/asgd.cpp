@@ -28,9 +28,10 @@ struct AsgdOp {
         const V av = math::ld(ax + j, c);
         math::st(av + (pn - av) * muv, ax + j, c);
       } else {
-        math::st(pn, ax + j, c);
+        math::st_stream(pn, ax + j, c);  // ax = param: written, never read
       }
     });
+    if (!average) math::stream_fence();
   }
 };
 

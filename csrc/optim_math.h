@@ -19,6 +19,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 namespace optimlab {
 namespace math {
@@ -39,6 +43,35 @@ C10_ALWAYS_INLINE void st(const Vec<T>& v, T* p, int64_t count) {
   } else {
     v.store(p, static_cast<int>(count));
   }
+}
+
+// Stores a vector that is written but never read by this kernel (ASGD's ax = param)
+// without first reading its cache line from memory (a non-temporal store): a plain
+// store of write-only data costs a read of the destination as well. Partial or
+// unaligned vectors take the plain store. Call stream_fence() after the loop.
+template <class T>
+C10_ALWAYS_INLINE void st_stream(const Vec<T>& v, T* p, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  constexpr uintptr_t kAlign = sizeof(Vec<T>);
+  if (count == Vec<T>::size() && reinterpret_cast<uintptr_t>(p) % kAlign == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) { _mm512_stream_ps(p, v); return; }
+    if constexpr (std::is_same_v<T, double>) { _mm512_stream_pd(p, v); return; }
+#else
+    if constexpr (std::is_same_v<T, float>) { _mm256_stream_ps(p, v); return; }
+    if constexpr (std::is_same_v<T, double>) { _mm256_stream_pd(p, v); return; }
+#endif
+  }
+#endif
+  st(v, p, count);
+}
+
+// Orders the non-temporal stores of st_stream before whatever follows (they are
+// weakly ordered; another thread or the caller may read the memory next).
+C10_ALWAYS_INLINE void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
 }
 
 // Calls f(offset, count) over [0, n) a vector at a time; the tail vector is partial.

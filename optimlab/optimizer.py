@@ -63,12 +63,18 @@ def _local(t):
     return t._local_tensor if _is_dtensor(t) else t
 
 
-def _is_dtensor(t) -> bool:
+@functools.cache
+def _dtensor_class() -> type | None:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch built without distributed
-        return False
-    return isinstance(t, DTensor)
+        return None
+    return DTensor
+
+
+def _is_dtensor(t) -> bool:
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
 
 
 @torch.compiler.disable  # a fused kernel launch is a graph break under torch.compile
@@ -76,7 +82,7 @@ def _fused_update(update, group, params, grads, states, grad_scale, found_inf, e
     # Elementwise kernels update each DTensor's local shard in place (FSDP2 params are
     # sharded DTensors; the update needs no communication). Row/column reductions
     # (Adafactor) and matrix functions (Muon) need the whole tensor: no shortcut there.
-    if not elementwise:
+    if not elementwise or not any(_is_dtensor(p) for p in params):
         update(group, params, grads, states, grad_scale=grad_scale, found_inf=found_inf)
         return
     local = {k: [_local(t) for t in v] for k, v in states.items()}
@@ -187,14 +193,18 @@ class Optimizer(torch.optim.Optimizer):
                 )
 
     def _run(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice):
+        per_param = []
         for p in params:
-            if not self.state.get(p):
-                fresh = self._init_state(group, p)
-                if fresh:  # torch leaves ``state[p]`` absent when there is nothing to keep
-                    self.state[p].update(fresh)
+            p_state = self.state.get(p)
+            if not p_state:
+                p_state = self._init_state(group, p)
+                if p_state:  # torch leaves ``state[p]`` absent when there is nothing to keep
+                    self.state[p].update(p_state)
+                    p_state = self.state[p]
+            per_param.append(p_state or {})
         owners = list(params)
         grads = [p.grad for p in params]
-        states = {k: [self.state.get(p, {}).get(k) for p in params] for k in self._state_keys(group)}
+        states = {k: [s.get(k) for s in per_param] for k in self._state_keys(group)}
         is_complex = [self.complex_as_real and torch.is_complex(p) for p in params]
         for i in (i for i, c in enumerate(is_complex) if c):
             params[i] = torch.view_as_real(params[i])

@@ -210,6 +210,21 @@ def test_complex_params(name, kwargs):
     _compare(name, kwargs, params)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_asgd_average_written_at_any_alignment(dtype):
+    """ASGD's ``ax = param`` (mu == 1) uses non-temporal stores on aligned full vectors and
+    plain stores elsewhere: every offset of ``ax`` in its buffer gets exactly the new param."""
+    ext = cpu.load()
+    n = 1000  # several full vectors and a partial one
+    for offset in range(17):
+        p, g = _randn(n, dtype=dtype), _randn(n, dtype=dtype, seed=1)
+        ax = torch.full((n + offset,), float("nan"), dtype=dtype)[offset:]
+        expected = p * (1 - 0.1 * 0.01) - 0.01 * g
+        ext.asgd([p], [g], [ax], [0.01], [1.0], 0.1, 0.0, False, None, None)
+        torch.testing.assert_close(p, expected, **TOL[dtype])
+        assert torch.equal(ax, p), offset
+
+
 # ---- selection ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
 def test_fused_true_selects_cpp(name):
