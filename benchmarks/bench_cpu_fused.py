@@ -8,9 +8,11 @@ once. For each optimizer: median step time of optimlab's default CPU backend (cp
 optimlab's foreach and forloop backends, torch's for-loop, foreach and (Adam, AdamW,
 SGD, Adagrad) fused. GB/s counts the bytes a step must move per param (param
 read+write, grad read, each state tensor read+write; see BYTES) and is compared with
-the bandwidth of a large ``copy_`` measured in the same run. Rounds interleave all
-variants so a burst of load on the machine hits them alike; medians are over all
-steps of all rounds.
+the bandwidth of a large ``copy_`` measured in the same run. The variants of one
+optimizer take turns step by step, so a burst of load on the machine hits them
+alike; ``--cache warm`` (default) times steps that follow a step of the same
+variant, ``--cache cold`` steps that follow the other variants' steps (their data,
+not this optimizer's, in the caches). Medians are over all steps of all rounds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ CONFIGS = {
     "Rprop": ({}, 28),
 }
 TORCH_FUSED = ("Adam", "AdamW", "SGD", "Adagrad")
+CACHE_MODES = {
+    "warm": "each timed step follows an untimed step of the same variant, as back-to-back steps do",
+    "cold": "each timed step follows the other variants' steps, as a training step follows "
+            "forward and backward",
+}
 DEFAULT_BACKEND: dict[str, str] = {}  # what "optimlab default" resolved to
 VARIANTS = ("optimlab default", "optimlab foreach", "optimlab forloop", "torch forloop", "torch foreach",
             "torch fused")
@@ -119,6 +126,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                        help="warm: timed steps follow a step of the same optimizer (back-to-back "
+                        "steps); cold: they follow the other variants' steps")
     parser.add_argument("--only", nargs="*", help="optimizer names (default: all eleven)")
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--machine", default=None, help="short machine name for the report")
@@ -135,18 +145,30 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t_build
     copy_gbs = []
     samples: dict[tuple[str, str], list[float]] = {}
-    for r in range(args.rounds):
-        copy_gbs.append(copy_bandwidth(64 * 1024 * 1024))
-        for name in names:
-            for variant in VARIANTS:
-                params = make_params(args.params, args.tensors)
-                opt = build(name, variant, params)
-                if opt is None:
-                    continue
+    for name in names:
+        # Every variant of one optimizer lives at once and they take turns in a rotating order,
+        # so all of them see the same moments of a shared machine (whose memory bandwidth
+        # varies with its neighbours' load). --cache warm: each timed step follows an untimed
+        # step of the same variant, so the caches hold what back-to-back steps leave there;
+        # --cache cold: each timed step follows the other variants' steps, as a training step
+        # follows forward and backward.
+        opts = {}
+        for variant in VARIANTS:
+            opt = build(name, variant, make_params(args.params, args.tensors))
+            if opt is not None:
+                opts[variant] = opt
                 time_steps(opt, args.warmup)
-                samples.setdefault((name, variant), []).extend(time_steps(opt, args.steps))
-                del opt, params
-            print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr, flush=True)
+        order = list(opts)
+        for r in range(args.rounds):
+            copy_gbs.append(copy_bandwidth(64 * 1024 * 1024))
+            for s in range(args.steps):
+                k = (r * args.steps + s) % len(order)
+                for variant in order[k:] + order[:k]:
+                    if args.cache == "warm":
+                        opts[variant].step()
+                    samples.setdefault((name, variant), []).extend(time_steps(opts[variant], 1))
+        del opts
+        print(f"{name} done", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     bw = statistics.median(copy_gbs)
 
@@ -185,7 +207,8 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} threads, cpp build: {ext.capability} "
         f"({ext.vector_width_float} floats/vector)",
         f"- {args.params} fp32 params in {args.tensors} tensors; {args.rounds} rounds x {args.steps} "
-        f"timed steps per variant (after {args.warmup} warm-up steps); medians",
+        f"timed steps per variant (after {args.warmup} warm-up steps); variants take turns; "
+        f"cache {args.cache} ({CACHE_MODES[args.cache]}); medians",
         f"- measured copy_ bandwidth (64 MiB -> 64 MiB, read + write): {bw:.1f} GB/s "
         f"(per round: {', '.join(f'{x:.1f}' for x in copy_gbs)})",
         f"- load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "

@@ -21,6 +21,7 @@ state keys its update reads; the update functions live next to it.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -77,12 +78,17 @@ def _is_dtensor(t) -> bool:
     return cls is not None and isinstance(t, cls)
 
 
+def _any_dtensor(tensors) -> bool:
+    cls = _dtensor_class()
+    return cls is not None and any(isinstance(t, cls) for t in tensors)
+
+
 @torch.compiler.disable  # a fused kernel launch is a graph break under torch.compile
 def _fused_update(update, group, params, grads, states, grad_scale, found_inf, elementwise):
     # Elementwise kernels update each DTensor's local shard in place (FSDP2 params are
     # sharded DTensors; the update needs no communication). Row/column reductions
     # (Adafactor) and matrix functions (Muon) need the whole tensor: no shortcut there.
-    if not elementwise or not any(_is_dtensor(p) for p in params):
+    if not elementwise or not _any_dtensor(params):
         update(group, params, grads, states, grad_scale=grad_scale, found_inf=found_inf)
         return
     local = {k: [_local(t) for t in v] for k, v in states.items()}
@@ -169,7 +175,7 @@ class Optimizer(torch.optim.Optimizer):
             raise AssertionError("_foreach ops don't support autograd")
         choice = _dispatch.resolve(self.algorithm, group, params)
         if (choice.name in _dispatch.FUSED_BACKENDS and not self.elementwise
-                and any(_is_dtensor(p) for p in params)):
+                and _any_dtensor(params)):
             # a whole-tensor update of sharded DTensors needs DTensor's own ops
             choice = _dispatch.BackendChoice("forloop", f"{choice.name} needs whole tensors; "
                                              "DTensor params run the for-loop")
@@ -205,7 +211,9 @@ class Optimizer(torch.optim.Optimizer):
         owners = list(params)
         grads = [p.grad for p in params]
         states = {k: [s.get(k) for s in per_param] for k in self._state_keys(group)}
-        is_complex = [self.complex_as_real and torch.is_complex(p) for p in params]
+        # (Tensor.is_complex() is several times cheaper than torch.is_complex: no
+        # __torch_function__ dispatch; this runs per param on every step)
+        is_complex = [self.complex_as_real and p.is_complex() for p in params]
         for i in (i for i, c in enumerate(is_complex) if c):
             params[i] = torch.view_as_real(params[i])
             grads[i] = torch.view_as_real(grads[i])
@@ -223,6 +231,8 @@ class Optimizer(torch.optim.Optimizer):
             update(group, params, grads, states)
         # An update may create state lazily (SGD's momentum buffer): store it back.
         for k, lst in states.items():
+            if all(map(operator.is_, lst, passed[k])):  # the usual case: nothing new
+                continue
             for i, new in enumerate(lst):
                 if new is None or new is passed[k][i]:
                     continue

@@ -56,3 +56,23 @@ def test_update_defaults_picks_the_fastest_explicit_backend(tmp_path):
     cli.update_defaults(rows, args, 10.0, path=path)
     table = json.loads(path.read_text())["cpu"]
     assert table["choices"]["adam"] == {"float32": "foreach"} and "device" in table and "command" in table
+
+
+@pytest.mark.parametrize("cache", ["warm", "cold"])
+def test_cpu_fused_benchmark_script_runs(tmp_path, cache):
+    """benchmarks/bench_cpu_fused.py (issue 5's table) on a tiny problem: one row per optimizer."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu_fused.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu_fused", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cpu.md"
+    assert bench.main(["--params", "2048", "--tensors", "4", "--rounds", "1", "--steps", "2",
+                       "--warmup", "1", "--only", "SGD", "ASGD", "--cache", cache, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"cache {cache}" in text
+    for name in ("SGD", "ASGD"):
+        rows = [ln for ln in text.splitlines() if ln.startswith(f"| {name} |")]
+        assert len(rows) == 2 and all(ln.endswith("x |") for ln in rows), rows
