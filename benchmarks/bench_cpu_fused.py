@@ -218,14 +218,19 @@ def main(argv=None) -> int:
     report = "\n".join(header) + "\n\n" + table + "\n"
     print(report)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        title = f"## {torch.get_num_threads()} thread(s)\n\n"
-        if args.append and args.out.exists():
-            args.out.write_text(args.out.read_text() + "\n" + title + report)
-        else:
-            args.out.write_text(f"# CPU fused optimizer step times ({args.machine or cpu_model()})\n\n"
-                                + title + report)
+        write_report(args.out, f"CPU fused optimizer step times ({args.machine or cpu_model()})",
+                     f"{torch.get_num_threads()} thread(s)", report, args.append)
     return 0
+
+
+def write_report(out: Path, title: str, section: str, report: str, append: bool) -> None:
+    """Write ``report`` under ``## section`` to ``out`` (a new file titled ``title``, or appended)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = f"## {section}\n\n{report}"
+    if append and out.exists():
+        out.write_text(out.read_text() + "\n" + body)
+    else:
+        out.write_text(f"# {title}\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,21 @@ def test_cpu_fused_benchmark_script_runs(tmp_path, cache):
     for name in ("SGD", "ASGD"):
         rows = [ln for ln in text.splitlines() if ln.startswith(f"| {name} |")]
         assert len(rows) == 2 and all(ln.endswith("x |") for ln in rows), rows
+
+
+def test_cpu_isa_benchmark_script_runs(tmp_path):
+    """benchmarks/bench_cpu_isa.py on a tiny problem (builds each instruction set the CPU runs)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("bench_cpu_isa", root / "bench_cpu_isa.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "isa.md"
+    assert bench.main(["--params", "2048", "--tensors", "4", "--steps", "2", "--threads", "1",
+                       "--only", "Rprop", "--out", str(out)]) == 0
+    import optimlab.kernels.cpu as cpu
+    assert cpu.load().capability == cpu.capability()  # the default build is back in use
+    if out.exists():  # (a CPU without AVX2 has nothing to compare)
+        assert any(ln.startswith("| Rprop | 1 |") for ln in out.read_text().splitlines())

@@ -369,3 +369,27 @@ def test_no_compiler_default_warns_once(no_compiler):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.step()  # no second warning
+
+
+# ---- instruction set ---------------------------------------------------------------------------
+@pytest.mark.parametrize("torch_says,built", [("AVX512", "AVX512"), ("AVX2", "AVX2"), ("DEFAULT", "DEFAULT"),
+                                              ("ZVECTOR", "DEFAULT")])
+def test_instruction_set_is_the_highest_the_cpu_runs(monkeypatch, torch_says, built):
+    monkeypatch.delenv("OPTIMLAB_CPU_ISA", raising=False)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: torch_says)
+    assert cpu.capability() == built
+
+
+def test_instruction_set_override(monkeypatch):
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setenv("OPTIMLAB_CPU_ISA", "avx2")
+    assert cpu.capability() == "AVX2"
+    monkeypatch.setenv("OPTIMLAB_CPU_ISA", "sse4")
+    with pytest.raises(ValueError, match="expected one of AVX512, AVX2, DEFAULT"):
+        cpu.capability()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setenv("OPTIMLAB_CPU_ISA", "AVX512")  # would be an illegal instruction here
+    with pytest.raises(ValueError, match="this CPU runs AVX2 at most"):
+        cpu.capability()

@@ -12,10 +12,10 @@ Building: the extension is compiled on first use with
 ``$TORCH_EXTENSIONS_DIR/optimlab``, else ``$XDG_CACHE_HOME/optimlab`` or
 ``~/.cache/optimlab``), in a folder named after a hash of the sources, the flags,
 torch's and Python's versions and the CPU capability, so later processes just
-import it. The instruction set follows ``torch.backends.cpu.get_cpu_capability()``
-(AVX512 / AVX2 / DEFAULT: the same choice torch makes for its own kernels on this
-machine), never ``-march=native``; a cache shared by different machines keeps
-one build per capability. ``python -m optimlab.kernels`` builds ahead of time.
+import it. The instruction set is the highest level torch's CPUID check finds
+(AVX512 / AVX2 / DEFAULT; ``OPTIMLAB_CPU_ISA`` overrides, see ``capability``), never
+``-march=native``; a cache shared by different machines keeps one build per
+instruction set. ``python -m optimlab.kernels`` builds ahead of time.
 
 If no compiler is found or the build fails, the backend reports itself
 unavailable with the reason: the default falls back to foreach with one
@@ -78,9 +78,27 @@ def csrc_dir() -> Path | None:
 
 
 def capability() -> str:
-    """The capability to build for: torch's own choice on this machine (honours ATEN_CPU_CAPABILITY)."""
-    machine = platform.machine().lower()
-    if machine not in ("x86_64", "amd64", "i686", "x86"):
+    """The instruction set to build for: the highest level of ``_ISA_FLAGS`` this CPU runs,
+    by torch's CPUID check (which honours ``ATEN_CPU_CAPABILITY``); ``OPTIMLAB_CPU_ISA``
+    (AVX512, AVX2 or DEFAULT) overrides it. (torch runs most of its own elementwise
+    kernels as AVX2 code on AVX-512 machines; ``benchmarks/bench_cpu_isa.py`` measures
+    both builds of these kernels: on an AMD EPYC they were within noise of each other
+    except Rprop, 10-20% faster as AVX2 (benchmarks/results/cpu-epyc-2c-isa.md).)
+    """
+    machine = _machine_level()
+    forced = os.environ.get("OPTIMLAB_CPU_ISA", "").upper()
+    if forced:
+        if forced not in _ISA_FLAGS:
+            raise ValueError(f"OPTIMLAB_CPU_ISA={forced!r}: expected one of {', '.join(_ISA_FLAGS)}")
+        if _FALLBACK_ORDER.index(forced) < _FALLBACK_ORDER.index(machine):
+            raise ValueError(f"OPTIMLAB_CPU_ISA={forced}: this CPU runs {machine} at most")
+        return forced
+    return machine
+
+
+def _machine_level() -> str:
+    """The highest instruction set of _ISA_FLAGS this CPU runs, by torch's CPUID check."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return "DEFAULT"
     cap = torch.backends.cpu.get_cpu_capability().upper().replace(" ", "")
     return cap if cap in _ISA_FLAGS else "DEFAULT"
