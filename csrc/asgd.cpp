@@ -11,7 +11,7 @@ struct AsgdOp {
   bool maximize;
 
   template <class T>
-  void operator()(int64_t i, T* const* x, int64_t n) const {
+  void operator()(int64_t i, T* const* x, int64_t n, bool in_memory) const {
     using V = math::Vec<T>;
     T* p = x[0];
     const T* g = x[1];
@@ -27,11 +27,13 @@ struct AsgdOp {
       if (average) {
         const V av = math::ld(ax + j, c);
         math::st(av + (pn - av) * muv, ax + j, c);
-      } else {
+      } else if (in_memory) {
         math::st_stream(pn, ax + j, c);  // ax = param: written, never read
+      } else {
+        math::st(pn, ax + j, c);  // a conversion buffer, read right back: keep it in cache
       }
     });
-    if (!average) math::stream_fence();
+    if (!average && in_memory) math::stream_fence();
   }
 };
 

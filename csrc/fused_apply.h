@@ -3,7 +3,10 @@
 // A kernel is a functor with
 //     template <class T> void operator()(int64_t tensor, T* const* x, int64_t n) const;
 // that updates n elements of its operands x[0..] (param, grad, state...) in the
-// math type T (double for fp64 params, float otherwise). The driver
+// math type T (double for fp64 params, float otherwise). A kernel that also takes a
+// fourth argument, `bool in_memory`, learns whether x points at the tensors' own
+// memory (true) or at small conversion buffers (bf16/fp16/mixed dtypes): non-temporal
+// stores pay off only in the first case. The driver
 //   * checks the operands (CPU, same shapes, fp32/fp64/bf16/fp16);
 //   * runs tensors whose operands share one dense memory layout in place, in
 //     memory order (contiguous, channels_last, any dense permutation); any other
@@ -28,6 +31,7 @@
 
 #include <array>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "optim_math.h"
@@ -171,6 +175,15 @@ inline void unscale(T* g, int64_t n, double scale) {
 }
 
 template <class T, class Op>
+inline void invoke_op(const Op& op, int64_t i, T* const* x, int64_t n, bool in_memory) {
+  if constexpr (std::is_invocable_v<const Op&, int64_t, T* const*, int64_t, bool>) {
+    op(i, x, n, in_memory);
+  } else {
+    op(i, x, n);
+  }
+}
+
+template <class T, class Op>
 void run_range(const Op& op, const Prepared& pr, const Amp& amp, int64_t i, int64_t begin, int64_t end) {
   constexpr at::ScalarType native = scalar_type_of<T>();
   const auto& data = pr.data[i];
@@ -185,7 +198,7 @@ void run_range(const Op& op, const Prepared& pr, const Amp& amp, int64_t i, int6
       x[k] = data[k] == nullptr ? nullptr : static_cast<T*>(data[k]) + begin;
     }
     if (amp.unscale) unscale(x[kGrad], end - begin, amp.scale);
-    op(i, x, end - begin);
+    invoke_op(op, i, x, end - begin, /*in_memory=*/true);
     return;
   }
   alignas(64) T buf[kMaxOperands][kBlock];
@@ -202,7 +215,7 @@ void run_range(const Op& op, const Prepared& pr, const Amp& amp, int64_t i, int6
       }
     }
     if (amp.unscale) unscale(x[kGrad], n, amp.scale);
-    op(i, x, n);
+    invoke_op(op, i, x, n, /*in_memory=*/false);
     for (int k = 0; k < pr.n_ops; ++k) {
       const bool written = pr.written[k] || (k == kGrad && amp.unscale);
       if (written && data[k] != nullptr && dtype[k] != native) {

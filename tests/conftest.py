@@ -18,3 +18,20 @@ torch.set_num_threads(1)
 def _no_backend_override(monkeypatch):
     """Tests choose backends explicitly; a developer's OPTIMLAB_BACKEND must not leak in."""
     monkeypatch.delenv("OPTIMLAB_BACKEND", raising=False)
+
+
+def pytest_sessionstart(session):
+    """``OPTIMLAB_REQUIRE_BACKENDS=cpp,triton`` (set by CI): a listed backend that cannot run
+    here fails the run at once, instead of its tests being filtered out or skipped, so a
+    broken C++ build or Triton install cannot pass as "skipped"."""
+    required = [b.strip() for b in os.environ.get("OPTIMLAB_REQUIRE_BACKENDS", "").split(",") if b.strip()]
+    if not required:
+        return
+    import optimlab  # noqa: F401  (registers every backend)
+    from optimlab import _dispatch
+
+    for backend in required:
+        check = _dispatch._AVAILABILITY.get(backend)
+        why = check() if check is not None else f"optimlab has no backend named {backend!r}"
+        if why:
+            pytest.exit(f"OPTIMLAB_REQUIRE_BACKENDS lists {backend}, which cannot run here: {why}", returncode=1)
