@@ -209,12 +209,13 @@ class Adam(Optimizer):
         return keys + ("max_exp_avg_sq",) if group["amsgrad"] else keys
 
     def _check_group(self, group, params):
-        for p in params:
-            step = self.state.get(p, {}).get("step")
-            if group["differentiable"] and torch.is_tensor(step) and step.requires_grad:
-                raise RuntimeError(
-                    "`requires_grad` is not supported for `step` in differentiable mode"
-                )
+        if group["differentiable"]:
+            for p in params:
+                step = self.state.get(p, {}).get("step")
+                if torch.is_tensor(step) and step.requires_grad:
+                    raise RuntimeError(
+                        "`requires_grad` is not supported for `step` in differentiable mode"
+                    )
         if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
             raise RuntimeError(
                 "lr as a Tensor is not supported for capturable=False and foreach=True"

@@ -80,7 +80,8 @@ def _is_dtensor(t) -> bool:
 
 def _any_dtensor(tensors) -> bool:
     cls = _dtensor_class()
-    return cls is not None and any(isinstance(t, cls) for t in tensors)
+    # one issubclass per distinct type: several times cheaper than isinstance per tensor
+    return cls is not None and any(issubclass(c, cls) for c in set(map(type, tensors)))
 
 
 @torch.compiler.disable  # a fused kernel launch is a graph break under torch.compile
@@ -166,9 +167,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def _plan(self, group: dict) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
         params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            if p.grad.is_sparse and self.sparse_grad_error is not None:
-                raise RuntimeError(self.sparse_grad_error)
+        if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
+            raise RuntimeError(self.sparse_grad_error)
         self._check_group(group, params)
         if (params and group.get("foreach") and group.get("differentiable")
                 and self.foreach_refuses_differentiable):

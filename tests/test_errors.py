@@ -128,3 +128,27 @@ def test_step_error_changes_nothing(spec, case):
     ref, ours = results
     assert ref[0] == "raise" and ours[:2] == ref[:2], (ours, ref)
     assert re.sub(r"\s+", " ", ours[2]) == re.sub(r"\s+", " ", ref[2])
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_step_requiring_grad_in_differentiable_mode(name):
+    """torch refuses a ``step`` that requires grad under differentiable=True (not in its error
+    database); optimlab raises the same, before anything changes."""
+    import optimlab
+
+    errors = []
+    for lib in (torch.optim, optimlab):
+        q = torch.randn(3, dtype=torch.float64, requires_grad=True).clone()  # non-leaf, as in
+        opt = getattr(lib, name)([q], differentiable=True)                    # differentiable use
+        q.grad = torch.ones_like(q)
+        opt.step()
+        opt.state[q]["step"].requires_grad_(True)
+        before = snapshot(opt, [q])
+        with pytest.raises(RuntimeError) as e:
+            opt.step()
+        errors.append(str(e.value))
+        if lib is optimlab:
+            after = snapshot(opt, [q])
+            torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+            torch.testing.assert_close(after[1]["state"], before[1]["state"], rtol=0, atol=0)
+    assert errors[0] == errors[1] == "`requires_grad` is not supported for `step` in differentiable mode"

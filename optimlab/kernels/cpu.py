@@ -241,13 +241,15 @@ def _like(x, ref: Tensor):
     return x.to(dtype=ref.dtype) if isinstance(x, Tensor) else x
 
 
-def _real(tensors: list) -> list:
-    """The list with complex tensors viewed as real (the list itself when none is complex)."""
+def _real(params: list, *lists: list) -> list[list]:
+    """``[params, *lists]`` with complex tensors viewed as real. Grads and state share their
+    param's dtype, so when no param is complex (the usual case) nothing else is looked at."""
     # Tensor.is_complex() is several times cheaper than torch.is_complex() (no
     # __torch_function__ dispatch): this runs per tensor on every step.
-    if not any(t is not None and t.is_complex() for t in tensors):
-        return tensors
-    return [torch.view_as_real(t) if t is not None and t.is_complex() else t for t in tensors]
+    if not any(map(Tensor.is_complex, params)):
+        return [params, *lists]
+    return [[torch.view_as_real(t) if t is not None and t.is_complex() else t for t in lst]
+            for lst in (params, *lists)]
 
 
 def _skipped(found_inf) -> float:
@@ -383,7 +385,7 @@ def _sgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
             if bufs[i] is None:  # torch: the buffer starts as a copy of the (decayed) grad
                 bufs[i] = torch.empty_like(p, memory_format=torch.preserve_format)
     ext.sgd(
-        _real(params), _real(grads), _real(bufs) if momentum != 0 else [], first,
+        *_real(params, grads, bufs if momentum != 0 else []), first,
         _value(_to_scalar(group["lr"])), _value(group["weight_decay"]), momentum,
         _value(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
         grad_scale, found_inf,
@@ -397,7 +399,7 @@ def _adagrad_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf)
     lr, lr_decay = _to_scalar(group["lr"]), group["lr_decay"]
     clr = _per_step(lambda s: _value(adagrad_clr(lr, lr_decay, s)), steps)
     ext.adagrad(
-        _real(params), _real(grads), _real(state["sum"]), clr,
+        *_real(params, grads, state["sum"]), clr,
         _value(group["weight_decay"]), float(group["eps"]), bool(group["maximize"]), grad_scale, found_inf,
     )
 
