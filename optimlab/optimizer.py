@@ -21,6 +21,7 @@ state keys its update reads; the update functions live next to it.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from typing import Any, Callable, ClassVar
 
@@ -210,11 +211,11 @@ class Optimizer(torch.optim.Optimizer):
             per_param.append(p_state or {})
         owners = list(params)
         grads = [p.grad for p in params]
-        states = {k: [s.get(k) for s in per_param] for k in self._state_keys(group)}
-        # (Tensor.is_complex() is several times cheaper than torch.is_complex: no
-        # __torch_function__ dispatch; this runs per param on every step)
-        is_complex = [self.complex_as_real and p.is_complex() for p in params]
-        for i in (i for i, c in enumerate(is_complex) if c):
+        # (map with C-level callables: these run per param on every step; Tensor.is_complex()
+        # is also several times cheaper than torch.is_complex, no __torch_function__ dispatch)
+        states = {k: list(map(dict.get, per_param, itertools.repeat(k))) for k in self._state_keys(group)}
+        is_complex = list(map(Tensor.is_complex, params)) if self.complex_as_real else [False] * len(params)
+        for i in (i for i, c in enumerate(is_complex) if c) if any(is_complex) else ():
             params[i] = torch.view_as_real(params[i])
             grads[i] = torch.view_as_real(grads[i])
             for lst in states.values():

@@ -25,9 +25,9 @@ warning, and an explicit ``fused=True`` or ``OPTIMLAB_BACKEND=cpp`` raises.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import importlib.util
+import operator
 import os
 import platform
 import shutil
@@ -288,12 +288,18 @@ def _run_elsewhere(algorithm, group, params, grads, state, grad_scale=None, foun
     return True
 
 
-def _by_dtype(params) -> list[list[int]]:
+def _by_dtype(params) -> list:
     """Indices of params per dtype: host scalars are rounded like torch rounds them for that dtype."""
+    dtypes = list(map(_DTYPE, params))
+    if dtypes.count(dtypes[0]) == len(dtypes):  # the usual case: one dtype
+        return [range(len(params))]
     buckets: dict[torch.dtype, list[int]] = {}
-    for i, p in enumerate(params):
-        buckets.setdefault(p.dtype, []).append(i)
+    for i, d in enumerate(dtypes):
+        buckets.setdefault(d, []).append(i)
     return list(buckets.values())
+
+
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _pick(lst, idx):
@@ -361,7 +367,7 @@ def _adam_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
         ext.adam(
             _pick(params, idx), _pick(grads, idx), _pick(state["exp_avg"], idx),
             _pick(state["exp_avg_sq"], idx), _pick(state["max_exp_avg_sq"], idx) if amsgrad else [],
-            [scalars[i][0] for i in idx], [scalars[i][1] for i in idx],
+            *(_pick(list(column), idx) for column in zip(*scalars)),
             _value(1 - _like(beta1, ref)), _value(_like(beta2, ref)), _value(1 - _like(beta2, ref)),
             float(group["eps"]), _value(wd), _value(1 - lr * wd),
             bool(group["decoupled_weight_decay"]), bool(amsgrad), bool(group["maximize"]),
