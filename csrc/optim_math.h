@@ -6,10 +6,14 @@
 // formula (weight decay, torch's lerp, an exponential moving average of
 // squares, addcdiv, the sign rule of Rprop, ...) exists once.
 //
-// Conventions, chosen to round as torch's for-loop ops do:
+// Conventions, chosen to round as torch's for-loop ops do (the build passes
+// -ffp-contract=off, so every fused multiply-add is one written here, where torch's
+// own CPU kernel has one, and nowhere else):
 //   * a host scalar `s` enters as `Vec(static_cast<T>(s))`: torch casts Python
 //     scalars to the op math type of the tensor the same way;
-//   * `a + s * b` follows add_(b, alpha=s) / addcmul_(b, c, value=s);
+//   * add_(b, alpha=s) is fmadd(b, s, a) (ATen's ufunc add); addcmul_(b, c, value=s)
+//     is fmadd(s * b, c, a); addcdiv_(b, c, value=s) is a + (s * b) / c; lerp is
+//     ATen's two-sided fmadd formula; plain mul_/div_/sqrt round once each;
 //   * maximum/minimum propagate NaN like torch.maximum/torch.clamp.
 #pragma once
 
@@ -100,10 +104,16 @@ C10_ALWAYS_INLINE Vec<T> signed_grad(const Vec<T>& g, bool maximize) {
   return maximize ? g.neg() : g;
 }
 
-// grad.add(param, alpha=wd): coupled (L2) weight decay
+// a.add(b, alpha=s), e.g. grad.add(param, alpha=wd): coupled (L2) weight decay
 template <class T>
 C10_ALWAYS_INLINE Vec<T> add_scaled(const Vec<T>& a, const Vec<T>& b, const Vec<T>& s) {
-  return a + s * b;
+  return at::vec::fmadd(b, s, a);
+}
+
+// a.addcmul(b, c, value=s)
+template <class T>
+C10_ALWAYS_INLINE Vec<T> addcmul(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c, const Vec<T>& s) {
+  return at::vec::fmadd(s * b, c, a);
 }
 
 // The gradient every algorithm starts from: sign for maximize, then coupled weight decay.
@@ -114,28 +124,28 @@ C10_ALWAYS_INLINE Vec<T> effective_grad(
   return weight_decay ? add_scaled(out, p, wd) : out;
 }
 
-// torch.lerp(a, b, w) for a scalar weight, with torch's two-sided formula.
+// torch.lerp(a, b, w) for a scalar weight, with ATen's two-sided formula.
 template <class T>
 C10_ALWAYS_INLINE Vec<T> lerp(const Vec<T>& a, const Vec<T>& b, T w) {
   const Vec<T> diff = b - a;
   if (std::abs(w) < T(0.5)) {
-    return a + Vec<T>(w) * diff;
+    return at::vec::fmadd(Vec<T>(w), diff, a);
   }
-  return b - diff * Vec<T>(T(1) - w);
+  return at::vec::fmadd(Vec<T>(w - T(1)), diff, b);
 }
 
 // v.mul_(beta).addcmul_(g, g, value=1 - beta): exponential moving average of squares
 template <class T>
 C10_ALWAYS_INLINE Vec<T> ema_sq(const Vec<T>& v, const Vec<T>& g, const Vec<T>& beta,
                                 const Vec<T>& one_minus_beta) {
-  return v * beta + one_minus_beta * g * g;
+  return addcmul(v * beta, g, g, one_minus_beta);
 }
 
-// a.addcdiv_(num, den, value=s) == a + s * (num / den)
+// a.addcdiv_(num, den, value=s)
 template <class T>
 C10_ALWAYS_INLINE Vec<T> addcdiv(const Vec<T>& a, const Vec<T>& num, const Vec<T>& den,
                                  const Vec<T>& s) {
-  return a + s * (num / den);
+  return a + (s * num) / den;
 }
 
 // sqrt(v) + eps: the denominator of Adagrad and RMSprop

@@ -393,3 +393,37 @@ def test_instruction_set_override(monkeypatch):
     monkeypatch.setenv("OPTIMLAB_CPU_ISA", "AVX512")  # would be an illegal instruction here
     with pytest.raises(ValueError, match="this CPU runs AVX2 at most"):
         cpu.capability()
+
+
+# ---- bitwise agreement with torch's for-loop -----------------------------------------------------
+BITWISE = [  # the kernels whose ops are all correctly rounded in torch too (no sqrt: torch's
+    # CPU sqrt is MKL's, within 1 ulp but not always the correctly rounded value the kernels use)
+    ("SGD", dict(momentum=0.9)), ("SGD", dict(momentum=0.5, dampening=0.3, nesterov=False, maximize=True)),
+    ("SGD", dict(momentum=0.9, nesterov=True, weight_decay=0.1)), ("SGD", {}),
+    ("ASGD", {}), ("ASGD", dict(t0=2, lambd=0.1, weight_decay=0.1, maximize=True)),
+    ("Adamax", {}), ("Adamax", dict(weight_decay=0.1, maximize=True)),
+    ("Rprop", {}), ("Rprop", dict(etas=(0.3, 1.9), step_sizes=(1e-4, 0.5), maximize=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kwargs", BITWISE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BITWISE)])
+def test_bitwise_equal_to_torch_forloop(name, kwargs, dtype):
+    """These cpp kernels round exactly as torch's for-loop ops do (explicit FMAs where ATen's
+    kernels have them, -ffp-contract=off elsewhere): same bits for params and every state entry,
+    full vectors and the tail alike."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(1000 + 3, generator=gen, dtype=dtype)
+    grads = [torch.randn(p0.shape, generator=gen, dtype=dtype) for _ in range(6)]
+    ours, ref = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+    o = getattr(optimlab, name)([ours], lr=0.01, **kwargs)
+    r = getattr(torch.optim, name)([ref], lr=0.01, foreach=False, **kwargs)
+    assert _backend(o) == {"cpp"}
+    for g in grads:
+        ours.grad, ref.grad = g.clone(), g.clone()
+        o.step()
+        r.step()
+    assert torch.equal(ours, ref)
+    for key, value in r.state[ref].items():
+        if torch.is_tensor(value):
+            assert torch.equal(o.state[ours][key], value), key

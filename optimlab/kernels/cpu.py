@@ -105,7 +105,9 @@ def _machine_level() -> str:
 
 
 def _flags(cap: str) -> tuple[list[str], list[str]]:
-    cflags = ["-O3", *_ISA_FLAGS[cap]]
+    # -ffp-contract=off: the kernels' fused multiply-adds are the explicit ones of
+    # csrc/optim_math.h (where torch's ops have them), not the compiler's choice.
+    cflags = ["-O3", "-ffp-contract=off", *_ISA_FLAGS[cap]]
     ldflags: list[str] = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is inline OpenMP: the kernels join torch's own libgomp thread pool.
