@@ -69,6 +69,17 @@ def register_check(backend: str, check: Callable[[str, dict, list], None]) -> No
     _CHECKS[backend] = check
 
 
+def param_name(group: dict, i: int) -> str:
+    """How an error names the i-th param (with a grad) of ``group``: its name when the
+    optimizer was given named parameters, else its index in the group."""
+    with_grad = [k for k, q in enumerate(group["params"]) if q.grad is not None]
+    k = with_grad[i] if i < len(with_grad) else i
+    names = group.get("param_names")
+    if names and k < len(names):
+        return f"parameter {names[k]!r}"
+    return f"parameter {k} of its param group"
+
+
 def check(backend: str, algorithm: str, group: dict, params: list) -> None:
     if backend in _CHECKS:
         _CHECKS[backend](algorithm, group, params)

@@ -429,3 +429,21 @@ def test_bitwise_equal_to_torch_forloop(name, kwargs, dtype):
     for key, value in r.state[ref].items():
         if torch.is_tensor(value):
             assert torch.equal(o.state[ours][key], value), key
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_unsupported_dtype_is_refused_before_anything_changes(named):
+    """A float8 param next to a float32 one: a clear error naming the parameter, raised at plan
+    time, so the float32 param and all state stay untouched (torch's for-loop would update the
+    first param and then fail inside lerp_)."""
+    good = torch.nn.Parameter(_randn(5, dtype=torch.float32))
+    bad = torch.nn.Parameter(torch.zeros(3, dtype=torch.float8_e4m3fn))
+    good.grad, bad.grad = torch.ones_like(good), torch.zeros_like(bad)
+    params = [("w", good), ("fp8", bad)] if named else [good, bad]
+    opt = optimlab.Adam(params, lr=0.1)
+    before = good.detach().clone()
+    where = "parameter 'fp8'" if named else "parameter 1 of its param group"
+    message = rf"optimlab adam \(cpp backend\): {where} has dtype torch.float8_e4m3fn"
+    with pytest.raises(RuntimeError, match=message):
+        opt.step()
+    assert torch.equal(good.detach(), before) and len(opt.state) == 0

@@ -232,6 +232,28 @@ def availability() -> str | None:
 
 _dispatch.register_availability("cpp", availability)
 
+_DTYPE = operator.attrgetter("dtype")
+_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                     torch.complex64, torch.complex128})  # complex: updated as real views
+
+
+def check_group(algorithm: str, group: dict, params: list) -> None:
+    """The cpp backend's plan-time check (before any param group is updated): a param
+    dtype the kernels do not take is refused with an error naming the parameter. (torch's
+    for-loop has no CPU kernels for those dtypes either: float8 params fail in its lerp/add.)
+    Non-CPU tensors and sparse grads are not refused: they run on the for-loop/foreach."""
+    if not params or _DTYPES.issuperset(map(_DTYPE, params)):  # one C-level pass, usual case
+        return
+    i = next(i for i, p in enumerate(params) if p.dtype not in _DTYPES)
+    raise RuntimeError(
+        f"optimlab {algorithm} (cpp backend): {_dispatch.param_name(group, i)} has dtype "
+        f"{params[i].dtype}; the cpp backend supports float16, bfloat16, float32 and float64 "
+        "(complex params are updated as real views)"
+    )
+
+
+_dispatch.register_check("cpp", check_group)
+
 
 # ---- shared host-side helpers --------------------------------------------------------------
 def _value(x) -> float:
@@ -299,9 +321,6 @@ def _by_dtype(params) -> list:
     for i, d in enumerate(dtypes):
         buckets.setdefault(d, []).append(i)
     return list(buckets.values())
-
-
-_DTYPE = operator.attrgetter("dtype")
 
 
 def _pick(lst, idx):

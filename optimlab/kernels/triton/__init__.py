@@ -62,15 +62,6 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)  # updated through real views
 
 
-def _param_name(group: dict, i: int) -> str:
-    with_grad = [k for k, q in enumerate(group["params"]) if q.grad is not None]
-    k = with_grad[i] if i < len(with_grad) else i
-    names = group.get("param_names")
-    if names and k < len(names):
-        return f"parameter {names[k]!r}"
-    return f"parameter {k} of its param group"
-
-
 def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = False) -> None:
     """Raise a clear error, naming the parameter, for inputs a Triton kernel cannot take.
 
@@ -80,7 +71,7 @@ def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = Fa
         return
     dev0 = params[0].device
     for i, (p, g) in enumerate(zip(params, grads)):
-        where = f"optimlab {algorithm} (triton backend): {_param_name(group, i)}"
+        where = f"optimlab {algorithm} (triton backend): {_dispatch.param_name(group, i)}"
         if p.device != dev0:
             raise RuntimeError(
                 f"{where} is on {p.device} but the first parameter of its param group is on "
