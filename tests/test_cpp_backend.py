@@ -447,3 +447,28 @@ def test_unsupported_dtype_is_refused_before_anything_changes(named):
     with pytest.raises(RuntimeError, match=message):
         opt.step()
     assert torch.equal(good.detach(), before) and len(opt.state) == 0
+
+
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adamax", "NAdam", "ASGD"])
+def test_kernel_refusal_leaves_state_untouched(name):
+    """State of the wrong shape (a bad checkpoint): the kernel refuses it, and the step
+    counters it had already advanced are taken back."""
+    p = torch.nn.Parameter(_randn(6))
+    opt = getattr(optimlab, name)([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    key = next(k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.dim() == 1)
+    opt.state[p][key] = torch.zeros(5, dtype=p.dtype)  # wrong shape
+    before = snapshot_state(opt, p)
+    with pytest.raises(RuntimeError, match="has shape"):
+        opt.step()
+    after = snapshot_state(opt, p)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def snapshot_state(opt, p):
+    out = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+    out["param"] = p.detach().clone()
+    return out

@@ -24,6 +24,7 @@ warning, and an explicit ``fused=True`` or ``OPTIMLAB_BACKEND=cpp`` raises.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -353,11 +354,23 @@ def _per_step(fn, values):
     return out
 
 
+@contextlib.contextmanager
+def _increment_undone_on_error(ext, steps):
+    """Take ``step += 1`` back if the kernel raises. A kernel refuses its input before writing
+    anything (csrc/fused_apply.cpp prepare()), e.g. state of the wrong shape from a bad
+    checkpoint, so the failed step then leaves the state as it was."""
+    try:
+        yield
+    except Exception:
+        ext.add_to_scalars(steps, -1.0)
+        raise
+
+
 def _stepped_update(algorithm: str):
     """Register ``body(ext, group, params, grads, state, steps, grad_scale, found_inf)`` as
     ``algorithm``'s cpp update, with what every such update shares: the fallbacks
-    (``_run_elsewhere``), ``step += 1`` before the kernel (``steps``: the new values) and
-    torch's take-back of a step skipped by ``found_inf`` after it."""
+    (``_run_elsewhere``), ``step += 1`` before the kernel (``steps``: the new values; taken
+    back if the kernel raises) and torch's take-back of a step skipped by ``found_inf``."""
 
     def wrap(body):
         @functools.wraps(body)
@@ -366,7 +379,8 @@ def _stepped_update(algorithm: str):
                 return
             ext = load()
             steps = _steps_begin(ext, state["step"], found_inf)
-            body(ext, group, params, grads, state, steps, grad_scale, found_inf)
+            with _increment_undone_on_error(ext, state["step"]):
+                body(ext, group, params, grads, state, steps, grad_scale, found_inf)
             _steps_end(ext, state["step"], found_inf)
 
         return _dispatch.register(algorithm, "cpp")(update)
@@ -465,10 +479,11 @@ def _asgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
     steps = ext.add_to_scalars(state["step"], 1.0)
     eta = ext.read_scalars(state["eta"])
     mu = ext.read_scalars(state["mu"])
-    ext.asgd(
-        params, grads, state["ax"], eta, mu, _value(lambd), _value(group["weight_decay"]),
-        bool(group["maximize"]), grad_scale, found_inf,
-    )
+    with _increment_undone_on_error(ext, state["step"]):
+        ext.asgd(
+            params, grads, state["ax"], eta, mu, _value(lambd), _value(group["weight_decay"]),
+            bool(group["maximize"]), grad_scale, found_inf,
+        )
     # the next step's eta and mu, as the for-loop computes them (on Python floats)
     ext.write_scalars(state["eta"], _per_step(lambda s: _value(asgd_eta(lr, lambd, alpha, s)), steps))
     ext.write_scalars(state["mu"], _per_step(lambda s: _value(asgd_mu(t0, s)), steps))
@@ -499,13 +514,14 @@ def _nadam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
             cache[key] = (tuple(map(_value, out)), float(scratch.item()))
         scalars.append(cache[key][0])
         new_products.append(cache[key][1])
-    ext.write_scalars(products, new_products)
-    ext.nadam(
-        params, grads, state["exp_avg"], state["exp_avg_sq"], [x[0] for x in scalars],
-        [x[1] for x in scalars], [x[2] for x in scalars], _value(1 - beta1), _value(beta2),
-        _value(1 - beta2), float(group["eps"]), _value(wd), _value(1 - lr * wd),
-        bool(group["decoupled_weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
-    )
+    with _increment_undone_on_error(ext, state["step"]):
+        ext.nadam(
+            params, grads, state["exp_avg"], state["exp_avg_sq"], [x[0] for x in scalars],
+            [x[1] for x in scalars], [x[2] for x in scalars], _value(1 - beta1), _value(beta2),
+            _value(1 - beta2), float(group["eps"]), _value(wd), _value(1 - lr * wd),
+            bool(group["decoupled_weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
+        )
+    ext.write_scalars(products, new_products)  # after the kernel: a refused step changes nothing
 
 
 @_stepped_update("radam")
