@@ -215,7 +215,8 @@ class Optimizer(torch.optim.Optimizer):
         # is also several times cheaper than torch.is_complex, no __torch_function__ dispatch)
         states = {k: list(map(dict.get, per_param, itertools.repeat(k))) for k in self._state_keys(group)}
         is_complex = list(map(Tensor.is_complex, params)) if self.complex_as_real else [False] * len(params)
-        for i in (i for i, c in enumerate(is_complex) if c) if any(is_complex) else ():
+        complex_idx = [i for i, c in enumerate(is_complex) if c] if any(is_complex) else []
+        for i in complex_idx:
             params[i] = torch.view_as_real(params[i])
             grads[i] = torch.view_as_real(grads[i])
             for lst in states.values():

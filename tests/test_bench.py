@@ -94,3 +94,17 @@ def test_cpu_isa_benchmark_script_runs(tmp_path):
     assert cpu.load().capability == cpu.capability()  # the default build is back in use
     if out.exists():  # (a CPU without AVX2 has nothing to compare)
         assert any(ln.startswith("| Rprop | 1 |") for ln in out.read_text().splitlines())
+
+
+def test_step_overhead_benchmark_script_runs(capsys):
+    """benchmarks/bench_step_overhead.py (CHANGELOG's host-overhead figures): one cell per case."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_overhead.py"
+    spec = importlib.util.spec_from_file_location("bench_step_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--steps", "1", "--threads", "1", "--label", "smoke"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("smoke") and line.count(" ms") == len(bench.CASES)
