@@ -16,12 +16,12 @@ struct AdagradOp {
     const T* g = x[1];
     T* sum = x[2];
     const V wd = math::splat<T>(weight_decay), e = math::splat<T>(eps);
-    const V neg_clr = math::splat<T>(-clr[i]);
+    const V neg_clr = math::splat<T>(-clr[i]), one(T(1));
     const bool decay = weight_decay != 0;
     math::for_each_vector<T>(n, [&](int64_t j, int64_t c) {
       const V pv = math::ld(p + j, c);
       const V gv = math::effective_grad(math::ld(g + j, c), pv, maximize, decay, wd);
-      const V sv = math::ld(sum + j, c) + gv * gv;
+      const V sv = math::addcmul(math::ld(sum + j, c), gv, gv, one);  // addcmul_(g, g, value=1)
       math::st(sv, sum + j, c);
       math::st(math::addcdiv(pv, gv, math::rms_denom(sv, e), neg_clr), p + j, c);
     });

@@ -30,7 +30,7 @@ struct RmspropOp {
       if (centered) {
         const V ga = math::lerp(math::ld(gavg + j, c), gv, w);
         math::st(ga, gavg + j, c);
-        avg = math::rms_denom(math::add_scaled(vv, ga * ga, minus_one), e);
+        avg = math::rms_denom(math::addcmul(vv, ga, ga, minus_one), e);
       } else {
         avg = math::rms_denom(vv, e);
       }

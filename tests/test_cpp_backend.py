@@ -472,3 +472,33 @@ def snapshot_state(opt, p):
     out = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
     out["param"] = p.detach().clone()
     return out
+
+
+MOMENTS = [  # optimizers with a square root: the state that does not pass through it
+    ("Adam", {}, ("exp_avg", "exp_avg_sq")), ("AdamW", dict(amsgrad=True), ("exp_avg", "exp_avg_sq")),
+    ("NAdam", {}, ("exp_avg", "exp_avg_sq")), ("RAdam", {}, ("exp_avg", "exp_avg_sq")),
+    ("Adagrad", dict(initial_accumulator_value=0.1), ("sum",)), ("Adadelta", {}, ("square_avg",)),
+    ("RMSprop", dict(centered=True), ("square_avg", "grad_avg")),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kwargs,keys", MOMENTS, ids=[m[0] for m in MOMENTS])
+def test_moments_bitwise_equal_to_torch_forloop(name, kwargs, keys, dtype):
+    """Where torch's sqrt (MKL's, not always correctly rounded) is not involved, the sqrt users'
+    state has the same bits as torch's for-loop too: the EMA/accumulator ops (lerp_, mul_ +
+    addcmul_) round as ATen's kernels do. (No weight decay: the grads alone drive these.)"""
+    if cpu.capability() == "DEFAULT":
+        pytest.skip("bitwise agreement is checked on x86-64 builds with FMA (AVX2/AVX-512)")
+    gen = torch.Generator().manual_seed(1)
+    p0 = torch.randn(1003, generator=gen, dtype=dtype)
+    grads = [torch.randn(p0.shape, generator=gen, dtype=dtype) for _ in range(6)]
+    ours, ref = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+    o = getattr(optimlab, name)([ours], **kwargs)
+    r = getattr(torch.optim, name)([ref], foreach=False, **kwargs)
+    for g in grads:
+        ours.grad, ref.grad = g.clone(), g.clone()
+        o.step()
+        r.step()
+    for key in keys:
+        assert torch.equal(o.state[ours][key], r.state[ref][key]), key
