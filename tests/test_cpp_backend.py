@@ -406,25 +406,32 @@ BITWISE = [  # the kernels whose ops are all correctly rounded in torch too (no 
 ]
 
 
+def _cpp_and_torch_forloop(name, kwargs, dtype, steps=6):
+    """``steps`` steps of optimlab's cpp backend and of torch's for-loop on one 1003-element
+    param (full vectors and a tail): ((param, optimizer), (param, optimizer))."""
+    if cpu.capability() == "DEFAULT":  # no FMA unit assumed: ATen's fmadd is then a*b+c
+        pytest.skip("bitwise agreement is checked on x86-64 builds with FMA (AVX2/AVX-512)")
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(1003, generator=gen, dtype=dtype)
+    grads = [torch.randn(p0.shape, generator=gen, dtype=dtype) for _ in range(steps)]
+    ours, ref = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+    o = getattr(optimlab, name)([ours], **kwargs)
+    r = getattr(torch.optim, name)([ref], foreach=False, **kwargs)
+    assert _backend(o) == {"cpp"}
+    for g in grads:
+        ours.grad, ref.grad = g.clone(), g.clone()
+        o.step()
+        r.step()
+    return (ours, o), (ref, r)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,kwargs", BITWISE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BITWISE)])
 def test_bitwise_equal_to_torch_forloop(name, kwargs, dtype):
     """These cpp kernels round exactly as torch's for-loop ops do (explicit FMAs where ATen's
     kernels have them, -ffp-contract=off elsewhere): same bits for params and every state entry,
     full vectors and the tail alike."""
-    if cpu.capability() == "DEFAULT":  # no FMA unit assumed: ATen's fmadd is then a*b+c
-        pytest.skip("bitwise agreement is checked on x86-64 builds with FMA (AVX2/AVX-512)")
-    gen = torch.Generator().manual_seed(0)
-    p0 = torch.randn(1000 + 3, generator=gen, dtype=dtype)
-    grads = [torch.randn(p0.shape, generator=gen, dtype=dtype) for _ in range(6)]
-    ours, ref = p0.clone().requires_grad_(), p0.clone().requires_grad_()
-    o = getattr(optimlab, name)([ours], lr=0.01, **kwargs)
-    r = getattr(torch.optim, name)([ref], lr=0.01, foreach=False, **kwargs)
-    assert _backend(o) == {"cpp"}
-    for g in grads:
-        ours.grad, ref.grad = g.clone(), g.clone()
-        o.step()
-        r.step()
+    (ours, o), (ref, r) = _cpp_and_torch_forloop(name, dict(lr=0.01, **kwargs), dtype)
     assert torch.equal(ours, ref)
     for key, value in r.state[ref].items():
         if torch.is_tensor(value):
@@ -488,17 +495,6 @@ def test_moments_bitwise_equal_to_torch_forloop(name, kwargs, keys, dtype):
     """Where torch's sqrt (MKL's, not always correctly rounded) is not involved, the sqrt users'
     state has the same bits as torch's for-loop too: the EMA/accumulator ops (lerp_, mul_ +
     addcmul_) round as ATen's kernels do. (No weight decay: the grads alone drive these.)"""
-    if cpu.capability() == "DEFAULT":
-        pytest.skip("bitwise agreement is checked on x86-64 builds with FMA (AVX2/AVX-512)")
-    gen = torch.Generator().manual_seed(1)
-    p0 = torch.randn(1003, generator=gen, dtype=dtype)
-    grads = [torch.randn(p0.shape, generator=gen, dtype=dtype) for _ in range(6)]
-    ours, ref = p0.clone().requires_grad_(), p0.clone().requires_grad_()
-    o = getattr(optimlab, name)([ours], **kwargs)
-    r = getattr(torch.optim, name)([ref], foreach=False, **kwargs)
-    for g in grads:
-        ours.grad, ref.grad = g.clone(), g.clone()
-        o.step()
-        r.step()
+    (ours, o), (ref, r) = _cpp_and_torch_forloop(name, kwargs, dtype)
     for key in keys:
         assert torch.equal(o.state[ours][key], r.state[ref][key]), key
