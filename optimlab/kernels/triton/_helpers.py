@@ -126,11 +126,18 @@ def grad_in(gp, offs, mask, grad_scale, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.co
 
 
 @triton.jit
+def add_decay(g, p, wd):
+    """grad.add(param, alpha=wd), coupled (L2) weight decay: ATen's add with alpha is one
+    fused multiply-add, so one rounding here too."""
+    return tl.fma(wd + tl.zeros_like(p), p, g)
+
+
+@triton.jit
 def weight_decay(p, g, wd, decay, WD_MODE: tl.constexpr):
     """Weight decay: 0 none; 1 L2 (``g += wd * p``); 2 decoupled (``p *= decay``,
     ``decay = 1 - lr * wd`` computed on the host). Returns ``(p, g)``."""
     if WD_MODE == 1:
-        g = tl.fma(wd + tl.zeros_like(p), p, g)  # torch's grad.add(param, alpha=wd): one rounding
+        g = add_decay(g, p, wd)
     elif WD_MODE == 2:
         p = p * decay
     return p, g

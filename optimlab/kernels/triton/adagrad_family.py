@@ -34,8 +34,8 @@ def _adagrad_kernel(
         p = h.load(pp, offs, mask, ACC64)
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
         if HAS_WD:
-            g = g + wd * p
-        s = h.load(sp, offs, mask, ACC64) + g * g
+            g = h.add_decay(g, p, wd)
+        s = tl.fma(g, g, h.load(sp, offs, mask, ACC64))  # state_sum.addcmul_(grad, grad, value=1)
         h.store(sp, offs, s, mask)
         std = h.sqrt(s, ACC64) + eps
         h.store(pp, offs, p + neg_clr * h.div(g, std, ACC64), mask)
@@ -88,7 +88,7 @@ def _rmsprop_kernel(
         # Rounded op by op as torch's for-loop: add(alpha=)/addcmul are one fused
         # multiply-add in torch's kernels, addcdiv is ``self + (value * t1) / t2``.
         if HAS_WD:
-            g = tl.fma(wd + tl.zeros_like(p), p, g)  # grad.add(param, alpha=wd)
+            g = h.add_decay(g, p, wd)
         v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, alpha, one_minus_alpha)
         h.store(vp, offs, v, mask)
         if CENTERED:
@@ -152,7 +152,7 @@ def _adadelta_kernel(
         p = h.load(pp, offs, mask, ACC64)
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
         if HAS_WD:
-            g = g + wd * p
+            g = h.add_decay(g, p, wd)
         v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, rho, one_minus_rho)
         h.store(vp, offs, v, mask)
         std = h.sqrt(v + eps, ACC64)

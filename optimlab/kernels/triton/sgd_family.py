@@ -37,7 +37,7 @@ def _sgd_kernel(
         p = h.load(pp, offs, mask, ACC64)
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
         if HAS_WD:
-            g = g + wd * p
+            g = h.add_decay(g, p, wd)
         if MOMENTUM:
             bp = h.tensor_ptr(itab, 2, n_tensors, ti, b_ref)
             b = h.load(bp, offs, mask, ACC64)
@@ -96,7 +96,7 @@ def _asgd_kernel(
         p = h.load(pp, offs, mask, ACC64)
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
         if HAS_WD:
-            g = g + wd * p
+            g = h.add_decay(g, p, wd)
         p = p * decay
         p = p + neg_eta * g
         h.store(pp, offs, p, mask)
