@@ -22,10 +22,16 @@ from .rprop import Rprop
 from .sgd import SGD
 from .sparse_adam import SparseAdam
 
+# torch's own helper, re-exported: it swaps params and state and works on any Optimizer
+try:
+    from torch.optim import swap_in_optimizer_params_and_state
+except ImportError:  # torch < 2.13 has no such helper
+    pass
+
 from .kernels import cpu as _cpp_backend  # noqa: F401  registers "cpp" (builds on first use)
 from .kernels import triton as _triton_backend  # noqa: F401  registers "triton" (imports no triton)
 
-__version__ = "0.1.0"
+__version__ = next((d.version for d in __import__("importlib.metadata").metadata.distributions(name="optimlab")), "0+unknown")
 
 __all__ = [
     "ASGD",
@@ -48,3 +54,5 @@ __all__ = [
     "lr_scheduler",
     "swa_utils",
 ]
+if "swap_in_optimizer_params_and_state" in globals():
+    __all__.append("swap_in_optimizer_params_and_state")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -101,10 +102,25 @@ def _unavailable(algorithm: str, backend: str) -> str | None:
     return check() if check is not None else None
 
 
+# Frames a warning skips to reach the user's line: optimlab's, and torch's (the wrappers
+# around ``step``: profiling hooks, dynamo's disable, GradScaler.step calling it).
+_INTERNAL_DIRS = tuple(os.path.join(os.path.dirname(f), "") for f in (__file__, torch.__file__))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the caller point at the
+    first frame outside optimlab and torch's wrappers (the user's line)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_once(key: str, message: str) -> None:
+    """Warn once per process and ``key``, pointing at the user's line."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
 
 
 def _device_type(params: list[torch.Tensor]) -> str:
@@ -118,7 +134,15 @@ def _device_type(params: list[torch.Tensor]) -> str:
 # (triton, cpp) that cannot run here is skipped with one warning.
 DEFAULT_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("cpp", "foreach", "forloop"),
-    "cuda": ("triton", "foreach", "forloop"),
+    # torch's own rule: the Triton kernels have not run on a GPU yet, so a CUDA device uses
+    # them by default only once a measured table for it says they win (``fused=True`` or
+    # OPTIMLAB_BACKEND=triton ask for them explicitly)
+    "cuda": ("foreach", "forloop"),
+}
+#: why the preference list decided, per device type (shown by ``opt.backends()``)
+_PREFERENCE_REASON = {
+    "cuda": "torch's default on cuda (foreach) until this device is measured: "
+            "python -m optimlab.bench --update-defaults",
 }
 FUSED_BACKENDS = ("triton", "cpp")  # take grad_scale/found_inf; optional parts
 DEFAULTS_FILE = Path(__file__).with_name("_defaults.json")
@@ -143,7 +167,7 @@ def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None)
     for name in order:
         why = _unavailable(algorithm, name)
         if why is None:
-            reason = f"default on {device_type}"
+            reason = _PREFERENCE_REASON.get(device_type, f"default on {device_type}")
             if skipped:
                 reason += f" ({'; '.join(skipped)})"
             return BackendChoice(name, reason)

@@ -103,7 +103,7 @@ def _adadelta_foreach(group, params, grads, state):
             torch._foreach_add_(p, deltas, alpha=-lr)
 
 
-class Adadelta(Optimizer):
+class Adadelta(Optimizer, torch.optim.Adadelta):
     """Adadelta (Zeiler, 2012).
 
     Same signature, defaults, errors and state (``step``, ``square_avg``,

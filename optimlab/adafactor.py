@@ -122,13 +122,15 @@ def _adafactor_foreach(group, params, grads, state):
             torch._foreach_add_(p, var_estimates)
 
 
-class Adafactor(Optimizer):
+class Adafactor(Optimizer, torch.optim.Adafactor):
     """Adafactor with torch's lr and eps1 conventions.
 
     Same signature, defaults, errors and state (``step``, then ``row_var`` and
     ``col_var`` for params of 2 or more dims, else ``variance``) as
     ``torch.optim.Adafactor``. See the module docstring for the update rule.
     """
+
+    lazy_state = frozenset({"row_var", "col_var", "variance"})  # by the param's shape
 
     algorithm = "adafactor"
     elementwise = False  # reductions / matrix functions over whole tensors

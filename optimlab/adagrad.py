@@ -86,13 +86,15 @@ def _adagrad_foreach(group, params, grads, state):
         torch._foreach_addcdiv_(p, torch._foreach_mul(g, minus_clr), std)
 
 
-class Adagrad(Optimizer):
+class Adagrad(Optimizer, torch.optim.Adagrad):
     """Adagrad (Duchi et al., 2011).
 
     Same signature, defaults, errors and state (``step``, ``sum``, created in
     ``__init__``) as ``torch.optim.Adagrad``, including sparse gradients.
     See the module docstring for the update rule.
     """
+
+    fused_sparse_error = "`fused` does not support sparse grad or complex param"
 
     algorithm = "adagrad"
     complex_as_real = False  # viewed as real by the dense path itself (see module docstring)

@@ -30,12 +30,19 @@ def adam_scalars(lr, beta1, beta2, step):
     """``(step_size, bc2_sqrt)`` for step ``step`` (floats, or tensors when capturable)."""
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    return lr / bias_correction1, bias_correction2**0.5
+    # a tensor takes sqrt() as torch's tensor paths do (the same value as ** 0.5, and the
+    # same gradient as torch's when differentiable)
+    bc2_sqrt = bias_correction2.sqrt() if isinstance(bias_correction2, Tensor) else bias_correction2**0.5
+    return lr / bias_correction1, bc2_sqrt
 
 
 def _hparams(group):
     beta1, beta2 = (_to_scalar(b) for b in group["betas"])
     return _to_scalar(group["lr"]), beta1, beta2
+
+
+def _requires_grad(x) -> bool:
+    return isinstance(x, Tensor) and x.requires_grad
 
 
 @register("adam", "forloop")
@@ -44,6 +51,12 @@ def _adam_forloop(group, params, grads, state):
     wd, eps = group["weight_decay"], group["eps"]
     amsgrad, differentiable = group["amsgrad"], group["differentiable"]
     tensor_math = group["capturable"] or differentiable
+    # differentiable=True with Tensor hyperparameters that require grad: torch's ops for them
+    # (a Number argument such as alpha= or value= cannot take such a tensor)
+    wd_grad = differentiable and _requires_grad(wd)
+    beta2_grad = differentiable and _requires_grad(beta2)
+    # autograd of beta ** step keeps step, which the next step increments in place
+    step_clone = differentiable and (_requires_grad(beta1) or beta2_grad)
     for i, param in enumerate(params):
         grad = -grads[i] if group["maximize"] else grads[i]
         exp_avg, exp_avg_sq, step_t = state["exp_avg"][i], state["exp_avg_sq"][i], state["step"][i]
@@ -51,15 +64,19 @@ def _adam_forloop(group, params, grads, state):
         if wd != 0:
             if group["decoupled_weight_decay"]:
                 param.mul_(1 - lr * wd)
+            elif wd_grad:
+                grad = grad.addcmul_(param.clone(), wd)  # in place, as torch
             else:
                 grad = grad.add(param, alpha=wd)
         exp_avg.lerp_(grad, 1 - like(beta1, param))
-        if isinstance(beta2, Tensor):
-            exp_avg_sq.mul_(like(beta2, param)).addcmul_(grad, grad * (1 - like(beta2, param)))
+        if beta2_grad:  # v + (g^2 - v) * (1 - beta2): beta2 * v + (1 - beta2) * g^2 with a Tensor weight
+            exp_avg_sq.lerp_(torch.square(grad), weight=1 - beta2)
         else:
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step = step_t if tensor_math else _get_value(step_t)
-        step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, step)
+        if tensor_math:
+            step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, step_t.clone() if step_clone else step_t)
+        else:
+            step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, _get_value(step_t))
         if amsgrad:
             max_sq = state["max_exp_avg_sq"][i]
             # autograd needs the old max intact, hence the clone when differentiable
@@ -67,7 +84,7 @@ def _adam_forloop(group, params, grads, state):
             exp_avg_sq = max_sq
         if tensor_math:
             # folded into denom, as torch does (keeps autograd through lr/betas identical)
-            neg = -step_size
+            neg = step_size.neg()
             denom = (exp_avg_sq.sqrt() / (bc2_sqrt * neg)).add_(eps / neg)
             param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom)
         else:
@@ -127,7 +144,7 @@ def _check_tensor_hparam(name: str, value, foreach, capturable) -> None:
             raise ValueError(f"Tensor {name} must be 1-element")
 
 
-class Adam(Optimizer):
+class Adam(Optimizer, torch.optim.Adam):
     """Adam (Kingma & Ba, 2014); with ``decoupled_weight_decay=True``, AdamW.
 
     Same signature, defaults, errors and state (``step``, ``exp_avg``,
@@ -222,7 +239,7 @@ class Adam(Optimizer):
             )
 
 
-class AdamW(Adam):
+class AdamW(Adam, torch.optim.AdamW):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
     Same signature and defaults as ``torch.optim.AdamW`` (``weight_decay=1e-2``).

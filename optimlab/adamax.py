@@ -84,7 +84,7 @@ def _adamax_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, u, step_sizes)
 
 
-class Adamax(Optimizer):
+class Adamax(Optimizer, torch.optim.Adamax):
     """Adamax, the infinity-norm variant of Adam (Kingma & Ba, 2014).
 
     Same signature, defaults, errors and state (``step``, ``exp_avg``,

@@ -3,17 +3,25 @@
 Update rule, per element, at step t (g = -grad if maximize)::
 
     g   = g + wd * p
-    p   = p * (1 - lambd * eta) - eta * g     (for-loop; foreach: p - eta * (g + lambd * p))
-    ax  = ax + mu * (p - ax)                  (for-loop: ax = p while mu == 1)
+    p   = p * (1 - lambd * eta) - eta * g
+    ax  = ax + mu * (p - ax)                  (ax = p while mu == 1)
     eta = lr / (1 + lambd * lr * t)^alpha
     mu  = 1 / max(1, t - t0)
 
 ``eta`` and ``mu`` are per-param 0-dim tensors of the default scalar dtype on
 the param's device, as are ``step``. They come from :func:`asgd_eta` and
 :func:`asgd_mu`, shared by every backend. Mirroring torch, the for-loop
-evaluates them on Python floats (``t`` taken with ``.item()``) and the foreach
-backend evaluates ``eta`` on the step tensor (in its dtype) and ``mu`` on
-floats; capturable evaluates both on the step tensors.
+evaluates them on Python floats (``t`` taken with ``.item()``) and stores them
+as :func:`asgd_next` does (through ``torch.as_tensor``: rounded to the default
+dtype, even into the float64 state ``load_state_dict`` makes for float64
+params); the fused backends store exactly these values. The foreach backend
+evaluates ``eta`` on the step tensor (in its dtype) and ``mu`` on floats;
+capturable evaluates both on the step tensors.
+
+Every backend updates ``p`` and ``ax`` as the for-loop does, also the foreach
+backend (torch's foreach computes ``p - eta * (g + lambd * p)`` and always
+``ax + mu * (p - ax)``: the same numbers up to rounding, but NaN where the
+for-loop keeps an infinite param or average).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from .adadelta import signed_decayed_grads
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["ASGD"]
+__all__ = ["ASGD", "asgd_eta", "asgd_mu", "asgd_next"]
 
 
 def asgd_eta(lr, lambd, alpha, step):
@@ -40,6 +48,14 @@ def asgd_mu(t0, step):
     if isinstance(step, Tensor):
         return 1 / torch.maximum(step - t0, torch.ones_like(step))
     return 1 / max(1, step - t0)
+
+
+def asgd_next(lr, lambd, alpha, t0, step: float) -> tuple[Tensor, Tensor]:
+    """``(eta, mu)`` after ``step`` steps as the (non-capturable) for-loop stores them:
+    :func:`asgd_eta` and :func:`asgd_mu` on Python floats, made tensors by
+    ``torch.as_tensor`` as torch does, so rounded to the default dtype (or kept in a Tensor
+    ``lr``'s dtype) whatever the dtype of the state they are then copied into."""
+    return torch.as_tensor(asgd_eta(lr, lambd, alpha, step)), torch.as_tensor(asgd_mu(t0, step))
 
 
 def _hparams(group):
@@ -71,27 +87,41 @@ def _asgd_forloop(group, params, grads, state):
             eta.copy_(asgd_eta(lr, lambd, alpha, step_t))
             mu.copy_(asgd_mu(t0, step_t))
         else:
-            step = _get_value(step_t)
-            eta.copy_(torch.as_tensor(asgd_eta(lr, lambd, alpha, step)))
-            mu.copy_(torch.as_tensor(asgd_mu(t0, step)))
+            new_eta, new_mu = asgd_next(lr, lambd, alpha, t0, _get_value(step_t))
+            eta.copy_(new_eta)
+            mu.copy_(new_mu)
 
 
 @register("asgd", "foreach")
 def _asgd_foreach(group, params, grads, state):
     lr, lambd, alpha, t0 = _hparams(group)
+    capturable = group["capturable"]
     lists = [params, grads, state["ax"], state["mu"], state["eta"], state["step"]]
     for p, g, ax, mu, eta, steps in by_device_and_dtype(lists):
         device = p[0].device
         foreach_increment(steps)
-        g, owned = signed_decayed_grads(g, p, group["maximize"], group["weight_decay"])
-        if owned:
-            torch._foreach_add_(g, p, alpha=lambd)
-        else:
-            g = torch._foreach_add(g, p, alpha=lambd)
+        g, _ = signed_decayed_grads(g, p, group["maximize"], group["weight_decay"])
+        # p = p * (1 - lambd * eta) - eta * g, as the for-loop (an infinite p stays infinite;
+        # torch's foreach p - eta * (g + lambd * p) makes it NaN). lambd == 0: p * 1 is p.
+        if lambd != 0:
+            if capturable:
+                decay = torch._foreach_mul(eta, -lambd)
+                torch._foreach_add_(decay, 1)
+            else:
+                decay = [1 - lambd * _get_value(e) for e in eta]
+            torch._foreach_mul_(p, decay)
+            del decay
         torch._foreach_addcmul_(p, g, eta, value=-1)
         del g
-        torch._foreach_addcmul_(ax, torch._foreach_sub(p, ax), mu)
-        if group["capturable"]:
+        # ax = ax + mu * (p - ax); ax = p while mu == 1, as the for-loop (not inf - inf)
+        averaged = [True] * len(p) if capturable else [bool(_get_value(m) != 1) for m in mu]
+        for avg in set(averaged):
+            a, q, m = ([t[i] for i, x in enumerate(averaged) if x == avg] for t in (ax, p, mu))
+            if avg:
+                torch._foreach_addcmul_(a, torch._foreach_sub(q, a), m)
+            else:
+                torch._foreach_copy_(a, q)
+        if capturable:
             torch._foreach_copy_(mu, [asgd_mu(t0, s) for s in steps])
             torch._foreach_copy_(eta, [asgd_eta(lr, lambd, alpha, s) for s in steps])
         else:
@@ -101,7 +131,7 @@ def _asgd_foreach(group, params, grads, state):
             torch._foreach_copy_(mu, mus)
 
 
-class ASGD(Optimizer):
+class ASGD(Optimizer, torch.optim.ASGD):
     """Averaged Stochastic Gradient Descent.
 
     Same signature, defaults, errors and state (``step``, ``eta``, ``mu``,

@@ -247,7 +247,7 @@ def _lbfgs_forloop(opt: "LBFGS", group: dict, closure):
     return orig_loss
 
 
-class LBFGS(Optimizer):
+class LBFGS(Optimizer, torch.optim.LBFGS):
     """L-BFGS. Same signature, defaults, errors and state as ``torch.optim.LBFGS``.
 
     .. warning::

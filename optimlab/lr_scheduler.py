@@ -167,16 +167,23 @@ def _patch_optimizer_step(optimizer: Optimizer) -> None:
     step = optimizer.step
     if hasattr(step, "_wrapped_by_lr_sched"):
         return
-    func = getattr(step, "__func__", None)
     opt_ref = ref(optimizer)
+    func = getattr(step, "__func__", None)
+    if func is not None:
+        # Keep the function, never the bound method: the bound method holds the
+        # optimizer, and the optimizer holds this wrapper.
+        def call(opt, *args, **kwargs):
+            return func.__get__(opt, opt.__class__)(*args, **kwargs)
+    else:  # step was a plain callable (the user's own), kept as is
+        def call(opt, *args, **kwargs):
+            return step(*args, **kwargs)
+    del step
 
-    @wraps(func if func is not None else step)
+    @wraps(func if func is not None else call)
     def wrapper(*args, **kwargs):
         opt = opt_ref()
         opt._opt_called = True
-        if func is None:  # step was a plain callable, not a method
-            return step(*args, **kwargs)
-        return func.__get__(opt, opt.__class__)(*args, **kwargs)
+        return call(opt, *args, **kwargs)
 
     wrapper._wrapped_by_lr_sched = True
     optimizer.step = wrapper

@@ -87,7 +87,7 @@ def _muon_forloop(group, params, grads, state):
         param.add_(update, alpha=-adjust_lr(lr, group["adjust_lr_fn"], param.shape))
 
 
-class Muon(Optimizer):
+class Muon(Optimizer, torch.optim.Muon):
     """Muon (Jordan et al., 2024) for 2-D params.
 
     Same signature, defaults, errors and state (``momentum_buffer``) as

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_capturable_supported_devices
 
 from ._common import by_device_and_dtype, foreach_increment
+from ._compat import _get_capturable_supported_devices
 from ._dispatch import register
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
@@ -123,7 +123,7 @@ def _nadam_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms in scalars])
 
 
-class NAdam(Optimizer):
+class NAdam(Optimizer, torch.optim.NAdam):
     """NAdam (Dozat, 2016); with ``decoupled_weight_decay=True``, NAdamW.
 
     Same signature, defaults, errors and state (``step``, ``mu_product``,

@@ -23,20 +23,23 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
-import torch._dynamo
 from torch import Tensor
-from torch.optim.optimizer import (  # torch's private helpers, present in 2.11 .. 2.13
+
+from . import _dispatch
+from ._compat import (
+    _device_dtype_check_for_fused,
     _get_capturable_supported_devices,
+    _get_fused_kernels_supported_devices,
     _get_scalar_dtype,
     _get_value,
     _to_scalar,
+    disable_dynamo,
+    graph_break,
     required,
 )
-
-from . import _dispatch
 
 __all__ = ["Optimizer", "required", "_get_scalar_dtype", "_get_value", "_to_scalar"]
 
@@ -51,10 +54,10 @@ def _use_grad_for_differentiable(step):
         try:
             torch.set_grad_enabled(self.defaults.get("differentiable", False))
             # graph breaks so that aot respects no_grad (see torch.optim.optimizer)
-            torch._dynamo.graph_break()
+            graph_break()
             return step(self, *args, **kwargs)
         finally:
-            torch._dynamo.graph_break()
+            graph_break()
             torch.set_grad_enabled(prev)
 
     return wrapper
@@ -85,7 +88,7 @@ def _any_dtensor(tensors) -> bool:
     return cls is not None and any(issubclass(c, cls) for c in set(map(type, tensors)))
 
 
-@torch.compiler.disable  # a fused kernel launch is a graph break under torch.compile
+@disable_dynamo  # a fused kernel launch is a graph break under torch.compile
 def _fused_update(update, group, params, grads, states, grad_scale, found_inf, elementwise):
     # Elementwise kernels update each DTensor's local shard in place (FSDP2 params are
     # sharded DTensors; the update needs no communication). Row/column reductions
@@ -104,6 +107,19 @@ def _fused_update(update, group, params, grads, states, grad_scale, found_inf, e
                     new = type(p).from_local(new, p.device_mesh, p.placements,
                                              shape=p.shape, stride=p.stride())
                 states[k][i] = new
+
+
+class _Work(NamedTuple):
+    """One param group's gathered step: what ``_apply`` hands to the backend."""
+
+    group: dict
+    choice: _dispatch.BackendChoice
+    params: list[Tensor]
+    grads: list[Tensor]
+    owners: list[Tensor]  # the params themselves (``params`` holds real views of complex ones)
+    states: dict[str, list]
+    passed: dict[str, list]  # the state tensors as handed over (to spot state created lazily)
+    is_complex: list[bool]
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -125,6 +141,16 @@ class Optimizer(torch.optim.Optimizer):
     elementwise: ClassVar[bool] = True
     #: torch's foreach update asserts on ``differentiable=True`` (all but SGD)
     foreach_refuses_differentiable: ClassVar[bool] = True
+    #: state keys that may be absent (created lazily, or only for some shapes)
+    lazy_state: ClassVar[frozenset[str]] = frozenset()
+    #: torch's RuntimeError for sparse grads with ``fused=True`` (None: no fused option)
+    fused_sparse_error: ClassVar[str | None] = None
+
+    def __init__(self, params, defaults: dict[str, Any]) -> None:
+        # Each algorithm class also derives from its torch.optim counterpart (after this
+        # base in the MRO), so isinstance checks in frameworks hold; its arguments were
+        # checked by the subclass, so only torch's base constructor runs here.
+        torch.optim.Optimizer.__init__(self, params, defaults)
 
     # ---- what a subclass provides -------------------------------------------------
     def _init_state(self, group: dict, p: Tensor) -> dict[str, Any]:
@@ -160,16 +186,26 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # plan every group (checks, backend), then gather every group's state (created
+        # lazily; checked), and only then update: a step that raises changes nothing.
         plans = [self._plan(group) for group in self.param_groups]
-        for group, params, choice in plans:
-            if params:
-                self._run(group, params, choice)
+        work = [self._gather(*plan) for plan in plans if plan[1]]
+        for w in work:
+            self._apply(w)
         return loss
 
     def _plan(self, group: dict) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
         params = [p for p in group["params"] if p.grad is not None]
+        # (torch.optim.Optimizer.__setstate__ adds "differentiable" to every optimizer's
+        # defaults, not to the groups; our updates read it with .get)
+        missing = next((k for k in self.defaults if k not in group and k != "differentiable"), None)
+        if missing is not None:  # torch's update would fail on group[missing]
+            raise KeyError(f"param group {self.param_groups.index(group)} has no {missing!r} "
+                           f"(a state_dict of another optimizer loaded into {type(self).__name__}?)")
         if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.sparse_grad_error)
+        if group.get("fused") and params:
+            self._check_fused(params)
         self._check_group(group, params)
         if (params and group.get("foreach") and group.get("differentiable")
                 and self.foreach_refuses_differentiable):
@@ -199,7 +235,19 @@ class Optimizer(torch.optim.Optimizer):
                     f"devices: {supported}."
                 )
 
-    def _run(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice):
+    def _check_fused(self, params: list[Tensor]) -> None:
+        # torch's fused contract (torch checks on a param's first step; this is as cheap)
+        supported = _get_fused_kernels_supported_devices()
+        if not all(p.device.type in supported and p.is_floating_point() for p in params):
+            for p in params:
+                _device_dtype_check_for_fused(p)  # raises torch's error for the first
+        if self.fused_sparse_error is not None and any(p.grad.is_sparse for p in params):
+            raise RuntimeError(self.fused_sparse_error)
+
+    def _gather(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice) -> _Work:
+        """Create missing state, and gather ``{state_key: [tensor per param]}`` (complex
+        params, grads and state as real views). Raises, before any update, for state a
+        checkpoint of another optimizer left incomplete."""
         per_param = []
         for p in params:
             p_state = self.state.get(p)
@@ -222,7 +270,18 @@ class Optimizer(torch.optim.Optimizer):
             for lst in states.values():
                 if torch.is_tensor(lst[i]) and torch.is_complex(lst[i]):
                     lst[i] = torch.view_as_real(lst[i])
+        for k, lst in states.items():
+            if k not in self.lazy_state and any(map(operator.is_, lst, itertools.repeat(None))):
+                i = lst.index(None)
+                raise KeyError(
+                    f"{type(self).__name__}: {_dispatch.param_name(group, i)} has state without "
+                    f"{k!r} (a state_dict of another optimizer loaded?)")
         passed = {k: list(v) for k, v in states.items()}
+        return _Work(group, choice, params, grads, owners, states, passed, is_complex)
+
+    def _apply(self, w: _Work) -> None:
+        """Run the chosen backend's update on gathered work; store back state it created."""
+        group, choice, params, grads, states = w.group, w.choice, w.params, w.grads, w.states
         update = _dispatch.kernel(self.algorithm, choice.name)
         if choice.name in _dispatch.FUSED_BACKENDS:
             # torch.amp.GradScaler sets these on optimizers with _step_supports_amp_scaling;
@@ -233,14 +292,14 @@ class Optimizer(torch.optim.Optimizer):
             update(group, params, grads, states)
         # An update may create state lazily (SGD's momentum buffer): store it back.
         for k, lst in states.items():
-            if all(map(operator.is_, lst, passed[k])):  # the usual case: nothing new
+            if all(map(operator.is_, lst, w.passed[k])):  # the usual case: nothing new
                 continue
             for i, new in enumerate(lst):
-                if new is None or new is passed[k][i]:
+                if new is None or new is w.passed[k][i]:
                     continue
-                if is_complex[i] and not torch.is_complex(new):
+                if w.is_complex[i] and not torch.is_complex(new):
                     new = torch.view_as_complex(new)
-                self.state[owners[i]][k] = new
+                self.state[w.owners[i]][k] = new
 
     # ---- checkpoints ----------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -114,7 +114,7 @@ def _radam_foreach(group, params, grads, state):
         torch._foreach_addcmul_(p, m, buffer)
 
 
-class RAdam(Optimizer):
+class RAdam(Optimizer, torch.optim.RAdam):
     """RAdam (Liu et al., 2019); with ``decoupled_weight_decay=True``, RAdamW.
 
     Same signature, defaults, errors and state (``step``, ``exp_avg``,

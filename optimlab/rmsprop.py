@@ -103,7 +103,7 @@ def _rmsprop_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, g, avg, value=-lr)
 
 
-class RMSprop(Optimizer):
+class RMSprop(Optimizer, torch.optim.RMSprop):
     """RMSprop; same signature, defaults, errors and state as ``torch.optim.RMSprop``.
 
     State per param: ``step``, ``square_avg``, then ``momentum_buffer`` (momentum > 0)

@@ -73,7 +73,7 @@ def _rprop_foreach(group, params, grads, state):
         torch._foreach_addcmul_(p, torch._foreach_sign(prev), step_size, value=-1)
 
 
-class Rprop(Optimizer):
+class Rprop(Optimizer, torch.optim.Rprop):
     """Rprop; same signature, defaults, errors and state as ``torch.optim.Rprop``.
 
     State per param: ``step``, ``prev`` and ``step_size``. See the module docstring

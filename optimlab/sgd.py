@@ -84,7 +84,7 @@ def _sgd_foreach(group, params, grads, state):
             torch._foreach_add_(p, g, alpha=-lr)
 
 
-class SGD(Optimizer):
+class SGD(Optimizer, torch.optim.SGD):
     """Stochastic gradient descent, optionally with momentum (Nesterov or not).
 
     Same signature, defaults, errors and state (``momentum_buffer``, created on
@@ -93,6 +93,8 @@ class SGD(Optimizer):
     """
 
     foreach_refuses_differentiable = False  # torch's foreach SGD runs under autograd
+    lazy_state = frozenset({"momentum_buffer"})
+    fused_sparse_error = "`_fused_sgd` does not support sparse gradients"
 
     algorithm = "sgd"
     complex_as_real = False  # the update is linear: torch applies it to complex tensors

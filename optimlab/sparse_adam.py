@@ -64,7 +64,7 @@ def _sparse_adam_forloop(group, params, grads, state):
         param.add_(make_sparse(-step_size * numer.div_(denom)))
 
 
-class SparseAdam(Optimizer):
+class SparseAdam(Optimizer, torch.optim.SparseAdam):
     """Adam for sparse gradients (e.g. ``nn.Embedding(sparse=True)``).
 
     Same signature, defaults, errors and state (``step`` as a Python int,

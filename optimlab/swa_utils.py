@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import swa_utils as _torch
-from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
+from ._compat import _get_foreach_kernels_supported_devices
 from .lr_scheduler import (
     LRScheduler,
     _format_param,

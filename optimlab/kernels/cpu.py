@@ -4,8 +4,8 @@ The kernels (``csrc/``) make one vectorized, multi-threaded pass over memory per
 tensor. They only do the elementwise update: every scalar (step sizes, bias
 corrections, ...) is computed here, on the host, by the algorithm's own shared
 Python function (``adam_scalars``, ``nadam_scalars``, ``radam_scalars``,
-``adagrad_clr``, ``adamax_bias_correction``, ``asgd_eta``/``asgd_mu``), exactly as
-the for-loop backend computes it.
+``adagrad_clr``, ``adamax_bias_correction``, ``asgd_eta``/``asgd_mu`` (stored as
+``asgd_next`` rounds them)), exactly as the for-loop backend computes it.
 
 Building: the extension is compiled on first use with
 ``torch.utils.cpp_extension.load`` into ``$OPTIMLAB_CACHE_DIR`` (default:
@@ -470,7 +470,7 @@ def _adamax_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
 def _asgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
     if _run_elsewhere("asgd", group, params, grads, state, grad_scale, found_inf):
         return
-    from ..asgd import asgd_eta, asgd_mu
+    from ..asgd import asgd_next
 
     ext = load()
     if _skipped(found_inf):
@@ -484,9 +484,11 @@ def _asgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
             params, grads, state["ax"], eta, mu, _value(lambd), _value(group["weight_decay"]),
             bool(group["maximize"]), grad_scale, found_inf,
         )
-    # the next step's eta and mu, as the for-loop computes them (on Python floats)
-    ext.write_scalars(state["eta"], _per_step(lambda s: _value(asgd_eta(lr, lambd, alpha, s)), steps))
-    ext.write_scalars(state["mu"], _per_step(lambda s: _value(asgd_mu(t0, s)), steps))
+    # the next step's eta and mu as the for-loop stores them: rounded to the default dtype
+    # (torch.as_tensor) also when the state is float64 (after load_state_dict, float64 params)
+    new = _per_step(lambda s: tuple(map(_value, asgd_next(lr, lambd, alpha, t0, s))), steps)
+    ext.write_scalars(state["eta"], [eta for eta, _ in new])
+    ext.write_scalars(state["mu"], [mu for _, mu in new])
 
 
 @_dispatch.register("nadam", "cpp")
