@@ -1,0 +1,89 @@
+"""The Triton backend on a real GPU (skipped without CUDA; CI has none).
+
+Run on a CUDA machine with ``python -m pytest -q tests/test_triton_cuda.py`` (and
+``python -m optimlab.selfcheck --device cuda`` first). What the CPU interpreter cannot
+show: compiled kernels, 64-bit offsets, several devices, CUDA graphs.
+"""
+
+import math
+
+import pytest
+import torch
+
+import optimlab
+from optimlab import selfcheck
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_selfcheck_triton_on_cuda():
+    results = selfcheck.run_checks("cuda", quick=False, backends=["triton"])
+    failed = [r for r in results if r.status == "FAIL"]
+    assert results and not failed, "\n".join(map(str, failed))
+    assert any(r.case == "cuda graph capture" and r.status == "ok" for r in results)
+
+
+def test_tensor_above_2_31_elements_bf16():
+    n = 2**31 + 4096
+    free, _ = torch.cuda.mem_get_info()
+    if free < 6 * n * 2:
+        pytest.skip("needs about 26 GB of free GPU memory")
+    p = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16, device="cuda"))
+    p.grad = torch.ones_like(p)
+    opt = optimlab.SGD([p], lr=0.5, momentum=0.9, fused=True)
+    opt.step()
+    opt.step()
+    # every element got the same update: -0.5 (step 1), then momentum 1.9 * -0.5
+    expected = torch.tensor(-0.5 - 0.5 * 1.9, dtype=torch.bfloat16).item()
+    for i in (0, 2**31 - 1, 2**31, 2**31 + 17, n - 1):
+        assert p[i].item() == expected, i
+    assert torch.all(p == expected).item()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("spread", [False, True])
+def test_params_off_the_current_device(spread):
+    devices = ["cuda:1", "cuda:0"] if spread else ["cuda:1", "cuda:1"]
+    torch.manual_seed(0)
+    data = [torch.randn(1000 + i) for i in range(4)]
+
+    def run(**kw):
+        params = [torch.nn.Parameter(d.to(devices[i % 2])) for i, d in enumerate(data)]
+        opt = optimlab.Adam(params, lr=0.1, **kw)
+        with torch.cuda.device(0):  # the current device is not (all) the params' device
+            for _ in range(3):
+                for p in params:
+                    p.grad = p.detach().sin()
+                opt.step()
+        torch.cuda.synchronize()
+        return [p.detach().cpu() for p in params]
+
+    for a, b in zip(run(fused=True), run(foreach=True)):
+        torch.testing.assert_close(a, b, rtol=5e-5, atol=1e-6)
+
+
+def test_sgd_fused_first_step_overflow_leaves_no_bad_momentum():
+    def run(**kw):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(257, device="cuda"))
+        opt = optimlab.SGD([p], lr=0.1, momentum=0.9, **kw)
+        scaler = torch.amp.GradScaler("cuda")
+        for k in range(4):
+            opt.zero_grad()
+            scaler.scale((p * p).sum()).backward()
+            if k == 0:
+                p.grad[3] = math.inf  # the first step overflows and is skipped
+            scaler.step(opt)
+            scaler.update()
+        return p.detach().cpu(), opt.state[p].get("momentum_buffer")
+
+    (p_fused, buf_fused), (p_ref, buf_ref) = run(fused=True), run(foreach=False)
+    assert torch.isfinite(p_fused).all()
+    torch.testing.assert_close(p_fused, p_ref, rtol=5e-5, atol=1e-6)
+    torch.testing.assert_close(buf_fused.cpu(), buf_ref.cpu(), rtol=5e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
+def test_capturable_step_in_a_cuda_graph(name):
+    result = selfcheck._check_graph_capture(name, "triton", "cuda")
+    assert result.status == "ok", result
