@@ -100,21 +100,26 @@ def _asgd_foreach(group, params, grads, state):
     for p, g, ax, mu, eta, steps in by_device_and_dtype(lists):
         device = p[0].device
         foreach_increment(steps)
+        # torch's foreach reads every step counter (for mu); no other value is read back, so
+        # a step on a GPU syncs no more often than torch's
+        step_values = None if capturable else [_get_value(s) for s in steps]
         g, _ = signed_decayed_grads(g, p, group["maximize"], group["weight_decay"])
         # p = p * (1 - lambd * eta) - eta * g, as the for-loop (an infinite p stays infinite;
         # torch's foreach p - eta * (g + lambd * p) makes it NaN). lambd == 0: p * 1 is p.
         if lambd != 0:
-            if capturable:
+            if capturable or not eta[0].is_cpu:  # on the device, in eta's dtype: no host sync
                 decay = torch._foreach_mul(eta, -lambd)
                 torch._foreach_add_(decay, 1)
-            else:
+            else:  # the for-loop's host arithmetic (in double), free on the CPU
                 decay = [1 - lambd * _get_value(e) for e in eta]
             torch._foreach_mul_(p, decay)
             del decay
         torch._foreach_addcmul_(p, g, eta, value=-1)
         del g
-        # ax = ax + mu * (p - ax); ax = p while mu == 1, as the for-loop (not inf - inf)
-        averaged = [True] * len(p) if capturable else [bool(_get_value(m) != 1) for m in mu]
+        # ax = ax + mu * (p - ax); ax = p while mu == 1, as the for-loop (not inf - inf). The mu
+        # of this step is the one the last step stored, asgd_mu(t0, t - 1): known on the host.
+        averaged = ([True] * len(p) if capturable
+                    else [asgd_mu(t0, v - 1) != 1 for v in step_values])
         for avg in set(averaged):
             a, q, m = ([t[i] for i, x in enumerate(averaged) if x == avg] for t in (ax, p, mu))
             if avg:
@@ -126,7 +131,7 @@ def _asgd_foreach(group, params, grads, state):
             torch._foreach_copy_(eta, [asgd_eta(lr, lambd, alpha, s) for s in steps])
         else:
             etas = [torch.as_tensor(asgd_eta(lr, lambd, alpha, s), device=device) for s in steps]
-            mus = [torch.as_tensor(asgd_mu(t0, _get_value(s)), device=device) for s in steps]
+            mus = [torch.as_tensor(asgd_mu(t0, v), device=device) for v in step_values]
             torch._foreach_copy_(eta, etas)
             torch._foreach_copy_(mu, mus)
 
