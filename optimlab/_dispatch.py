@@ -42,7 +42,13 @@ _warned: set[str] = set()
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """Which backend runs a param group, and why."""
+    """Which backend runs a param group, and why: what ``Optimizer.backends()`` returns.
+
+    Attributes:
+        name: the backend: ``"forloop"``, ``"foreach"``, ``"cpp"`` or ``"triton"``.
+        reason: why it was chosen, e.g. ``"fused=True"``, ``"OPTIMLAB_BACKEND=cpp"``
+            or ``"measured fastest on AMD EPYC, 2 threads"``.
+    """
 
     name: str
     reason: str

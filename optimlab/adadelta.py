@@ -1,18 +1,11 @@
 """Adadelta (Zeiler, 2012).
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g     = g + wd * p
-    v     = rho * v + (1 - rho) * g^2                     (square_avg)
-    delta = sqrt(u + eps) / sqrt(v + eps) * g
-    u     = rho * u + (1 - rho) * delta^2                 (acc_delta)
-    p     = p - lr * delta
-
-There is no per-step scalar math beyond ``lr``. Shared with Adamax and ASGD:
-:func:`signed_decayed_grads`, the foreach form of ``g = -grad; g += wd * p``,
-and :func:`complex_weight_decay`, the for-loop's ``g + wd * p`` taken in complex
-arithmetic for complex params (torch decays before ``view_as_real`` there, and
-complex ``add(alpha=)`` rounds differently from the real one).
+The update rule is in the docstring of :class:`Adadelta`. There is no per-step
+scalar math beyond ``lr``. Shared with Adamax and ASGD: :func:`signed_decayed_grads`,
+the foreach form of ``g = -grad; g += wd * p``, and :func:`complex_weight_decay`, the
+for-loop's ``g + wd * p`` taken in complex arithmetic for complex params (torch decays
+before ``view_as_real`` there, and complex ``add(alpha=)`` rounds differently from
+the real one).
 """
 
 from __future__ import annotations
@@ -22,6 +15,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
@@ -103,12 +97,43 @@ def _adadelta_foreach(group, params, grads, state):
             torch._foreach_add_(p, deltas, alpha=-lr)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class Adadelta(Optimizer, torch.optim.Adadelta):
     """Adadelta (Zeiler, 2012).
 
-    Same signature, defaults, errors and state (``step``, ``square_avg``,
-    ``acc_delta``) as ``torch.optim.Adadelta``. See the module docstring for
-    the update rule.
+    A drop-in for ``torch.optim.Adadelta`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g     = g + wd * p
+        v     = rho * v + (1 - rho) * g^2                     (square_avg)
+        delta = sqrt(u + eps) / sqrt(v + eps) * g
+        u     = rho * u + (1 - rho) * delta^2                 (acc_delta)
+        p     = p - lr * delta
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): coefficient that scales ``delta`` before it
+            is applied to the parameters (default: 1.0)
+        rho (float, optional): coefficient of the running averages of the squared
+            gradient and of the squared update (default: 0.9)
+        eps (float, optional): term added inside the square roots for numerical
+            stability (default: 1e-6)
+        weight_decay (float, optional): weight decay (L2 penalty) coefficient
+            ``wd`` (default: 0)
+        {foreach}
+        {capturable}
+        {maximize}
+        {differentiable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Adadelta`` keeps it,
+        created at its first step: ``step`` (a 0-dim tensor; on the param's device
+        with ``capturable``), ``square_avg`` (v) and ``acc_delta`` (u), shaped like
+        ``p``.
     """
 
     algorithm = "adadelta"

@@ -1,24 +1,10 @@
 """Adafactor (Shazeer & Stern, 2018), as torch.optim.Adafactor implements it.
 
-Update rule at step t (g = -grad if maximize)::
-
-    one_minus_beta2_t = t ** beta2_decay
-    rho_t = min(lr, 1 / sqrt(t))
-    alpha = max(eps2, RMS(p)) * rho_t               (RMS of p before weight decay)
-    p     = p * (1 - lr * wd)                       (decoupled weight decay)
-    if p.dim() > 1 (factored over the last two dims):
-        R = lerp(R, mean(g^2, dim=-1), one_minus_beta2_t)      (row_var)
-        C = lerp(C, mean(g^2, dim=-2), one_minus_beta2_t)      (col_var)
-        V = (R @ C) / max(mean(R, dim=-2), eps1)
-    else:
-        V = lerp(V, g^2, one_minus_beta2_t)                    (variance)
-    U     = g / sqrt(max(V, eps1^2))
-    p     = p - alpha / max(1, RMS(U) / d) * U
-
-``eps1=None`` means ``finfo(dtype).eps`` of the first param updated (the first
-(device, dtype) bucket's for foreach), used for the whole group, as torch. The scalars
-come from :func:`adafactor_scalars` and :func:`clip_denominator`, and the
-factored estimate from :func:`factored_variance`, shared by every backend.
+The update rule is in the docstring of :class:`Adafactor`. ``eps1=None`` is resolved
+from the first param updated (the first (device, dtype) bucket's for foreach) and
+used for the whole group, as torch. The scalars come from :func:`adafactor_scalars`
+and :func:`clip_denominator`, and the factored estimate from
+:func:`factored_variance`, shared by every backend.
 """
 
 from __future__ import annotations
@@ -28,6 +14,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 
 __all__ = ["Adafactor"]
@@ -122,12 +109,56 @@ def _adafactor_foreach(group, params, grads, state):
             torch._foreach_add_(p, var_estimates)
 
 
+@document(backends=("forloop", "foreach", "triton"))
 class Adafactor(Optimizer, torch.optim.Adafactor):
-    """Adafactor with torch's lr and eps1 conventions.
+    """Adafactor (Shazeer & Stern, 2018), with torch's lr and eps1 conventions.
 
-    Same signature, defaults, errors and state (``step``, then ``row_var`` and
-    ``col_var`` for params of 2 or more dims, else ``variance``) as
-    ``torch.optim.Adafactor``. See the module docstring for the update rule.
+    A drop-in for ``torch.optim.Adafactor`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule at step t (g = -grad if maximize):
+
+        one_minus_beta2_t = t ** beta2_decay
+        rho_t = min(lr, 1 / sqrt(t))
+        alpha = max(eps2, RMS(p)) * rho_t               (RMS of p before weight decay)
+        p     = p * (1 - lr * wd)                       (decoupled weight decay)
+        if p.dim() > 1 (factored over the last two dims):
+            R = lerp(R, mean(g^2, dim=-1), one_minus_beta2_t)      (row_var)
+            C = lerp(C, mean(g^2, dim=-2), one_minus_beta2_t)      (col_var)
+            V = (R @ C) / max(mean(R, dim=-2), eps1)
+        else:
+            V = lerp(V, g^2, one_minus_beta2_t)                    (variance)
+        U     = g / sqrt(max(V, eps1^2))
+        p     = p - alpha / max(1, RMS(U) / d) * U
+
+    ``eps1=None`` means ``torch.finfo(dtype).eps`` of the first param updated, used
+    for the whole group, as in torch.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): unlike other optimizers, Adafactor's lr
+            caps the relative step size ``rho_t`` (default: 1e-2)
+        beta2_decay (float, optional): the decay rate of ``1 - beta2``; must be
+            ``<= 0`` (default: -0.8)
+        eps (tuple[float | None, float], optional): ``(eps1, eps2)``: ``eps1``
+            guards the denominators of the variance estimate (``None``: the
+            machine epsilon of the param's dtype), ``eps2`` is the smallest
+            ``RMS(p)`` that scales the step (default: (None, 1e-3))
+        d (float, optional): clipping threshold of the update's RMS; must be
+            ``>= 1`` (default: 1.0)
+        weight_decay (float, optional): decoupled weight decay coefficient ``wd``
+            (default: 0.0)
+        {foreach}
+        {maximize}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Adafactor`` keeps it,
+        created at its first step: ``step`` (a 0-dim tensor), then for params of 2
+        or more dims ``row_var`` (R, shaped like ``p`` with a last dim of 1) and
+        ``col_var`` (C, shaped like ``p`` with a second-to-last dim of 1), else
+        ``variance`` (V, shaped like ``p``).
     """
 
     lazy_state = frozenset({"row_var", "col_var", "variance"})  # by the param's shape

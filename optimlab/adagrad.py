@@ -1,17 +1,11 @@
 """Adagrad.
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g    = g + wd * p                      (weight decay; refused with sparse grads)
-    sum  = sum + g^2
-    p    = p - clr * g / (sqrt(sum) + eps)
-
-with ``clr = lr / (1 + (t - 1) * lr_decay)``, computed once per param by
-:func:`adagrad_clr` and shared by both backends. Sparse grads are coalesced and
-only the rows they touch are updated (torch's sparse path); the foreach backend
-runs a bucket holding sparse grads through the for-loop, as torch does. Complex
-params are viewed as real on the dense path only (torch's sparse path works on
-the complex values), so this module does the viewing itself.
+The update rule is in the docstring of :class:`Adagrad`. Its scalar ``clr`` is
+computed once per param by :func:`adagrad_clr` and shared by both backends. Sparse
+grads are coalesced and only the rows they touch are updated (torch's sparse path);
+the foreach backend runs a bucket holding sparse grads through the for-loop, as torch
+does. Complex params are viewed as real on the dense path only (torch's sparse path
+works on the complex values), so this module does the viewing itself.
 
 As in torch, state (``step``, ``sum``) is created in ``__init__`` for every
 param, with the constructor's ``initial_accumulator_value`` (also for params
@@ -25,6 +19,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor
 from ._validation import check_lr, check_nonneg
 
@@ -86,12 +81,44 @@ def _adagrad_foreach(group, params, grads, state):
         torch._foreach_addcdiv_(p, torch._foreach_mul(g, minus_clr), std)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class Adagrad(Optimizer, torch.optim.Adagrad):
     """Adagrad (Duchi et al., 2011).
 
-    Same signature, defaults, errors and state (``step``, ``sum``, created in
-    ``__init__``) as ``torch.optim.Adagrad``, including sparse gradients.
-    See the module docstring for the update rule.
+    A drop-in for ``torch.optim.Adagrad`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g    = g + wd * p                      (weight decay; refused with sparse grads)
+        sum  = sum + g^2
+        p    = p - clr * g / (sqrt(sum) + eps)
+
+    with ``clr = lr / (1 + (t - 1) * lr_decay)``. Sparse gradients are accepted
+    (without weight decay): only the rows they touch are updated, as in torch.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 1e-2)
+        lr_decay (float, optional): learning rate decay (default: 0)
+        weight_decay (float, optional): weight decay (L2 penalty) coefficient
+            ``wd`` (default: 0)
+        initial_accumulator_value (float, optional): initial value of the sum of
+            squared gradients, ``sum`` (default: 0)
+        eps (float, optional): term added to the denominator for numerical
+            stability (default: 1e-10)
+        {foreach}
+        {maximize}
+        {differentiable}
+        {fused}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Adagrad`` keeps it,
+        created in the constructor (for params added later with
+        ``add_param_group``, at their first step): ``step`` (a 0-dim tensor) and
+        ``sum`` (shaped like ``p``, filled with ``initial_accumulator_value``).
     """
 
     fused_sparse_error = "`fused` does not support sparse grad or complex param"

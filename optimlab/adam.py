@@ -1,16 +1,8 @@
 """Adam and AdamW (AdamW is Adam with ``decoupled_weight_decay=True``).
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g     = g + wd * p                     (coupled weight decay), or
-    p     = p * (1 - lr * wd)              (decoupled, AdamW)
-    m     = lerp(m, g, 1 - beta1)
-    v     = beta2 * v + (1 - beta2) * g^2
-    vmax  = max(vmax, v)                   (amsgrad; v below is vmax)
-    p     = p - step_size * m / (sqrt(v) / bc2_sqrt + eps)
-
-with ``step_size = lr / (1 - beta1^t)`` and ``bc2_sqrt = sqrt(1 - beta2^t)``,
-computed once by :func:`adam_scalars` and shared by every backend.
+The update rule is in the docstring of :class:`Adam`. Its scalars, ``step_size``
+and ``bc2_sqrt``, are computed once by :func:`adam_scalars` and shared by every
+backend.
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment, like
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
@@ -144,12 +137,65 @@ def _check_tensor_hparam(name: str, value, foreach, capturable) -> None:
             raise ValueError(f"Tensor {name} must be 1-element")
 
 
+# Arguments Adam and AdamW share (AdamW has no decoupled_weight_decay, and another
+# weight_decay default).
+_ARGS = {
+    "adam_args": """\
+lr (float, Tensor, optional): learning rate. A Tensor lr must have one element
+    and needs ``capturable=True`` when ``foreach=True`` (default: 1e-3)
+betas (tuple[float | Tensor, float | Tensor], optional): ``(beta1, beta2)``, the
+    coefficients of the running averages of the gradient and of its square; both
+    floats or both one-element Tensors (default: (0.9, 0.999))
+eps (float, optional): term added to the denominator for numerical stability
+    (default: 1e-8)""",
+    "amsgrad": """\
+amsgrad (bool, optional): use the AMSGrad variant (Reddi et al., 2018, "On the
+    Convergence of Adam and Beyond"): divide by the running maximum of ``v``
+    (default: False)""",
+}
+
+
+@document(backends=("forloop", "foreach", "cpp", "triton"), fragments=_ARGS)
 class Adam(Optimizer, torch.optim.Adam):
     """Adam (Kingma & Ba, 2014); with ``decoupled_weight_decay=True``, AdamW.
 
-    Same signature, defaults, errors and state (``step``, ``exp_avg``,
-    ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad) as ``torch.optim.Adam``.
-    See the module docstring for the update rule.
+    A drop-in for ``torch.optim.Adam`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g     = g + wd * p                     (coupled weight decay), or
+        p     = p * (1 - lr * wd)              (decoupled, AdamW)
+        m     = lerp(m, g, 1 - beta1)
+        v     = beta2 * v + (1 - beta2) * g^2
+        vmax  = max(vmax, v)                   (amsgrad; v below is vmax)
+        p     = p - step_size * m / (sqrt(v) / bc2_sqrt + eps)
+
+    with ``step_size = lr / (1 - beta1^t)`` and ``bc2_sqrt = sqrt(1 - beta2^t)``.
+
+    Args:
+        {params}
+        {adam_args}
+        weight_decay (float, optional): weight decay coefficient ``wd``: an L2
+            penalty added to the gradient, or with ``decoupled_weight_decay=True``
+            a decay of the params (default: 0)
+        {amsgrad}
+        {foreach}
+        {maximize}
+        {capturable}
+        {differentiable}
+        {fused}
+        decoupled_weight_decay (bool, optional): decay the params directly
+            instead of adding ``wd * p`` to the gradient, which makes this
+            optimizer AdamW (default: False)
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Adam`` keeps it, created
+        at its first step: ``step`` (a 0-dim tensor; on the param's device with
+        ``capturable`` or ``fused``), ``exp_avg`` (m) and ``exp_avg_sq`` (v), shaped
+        like ``p``, and with ``amsgrad`` ``max_exp_avg_sq`` (vmax).
     """
 
     algorithm = "adam"
@@ -239,10 +285,33 @@ class Adam(Optimizer, torch.optim.Adam):
             )
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"), fragments=_ARGS)
 class AdamW(Adam, torch.optim.AdamW):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
-    Same signature and defaults as ``torch.optim.AdamW`` (``weight_decay=1e-2``).
+    A drop-in for ``torch.optim.AdamW`` (and a subclass of it): same signature,
+    defaults (note ``weight_decay=1e-2``), errors and ``state_dict()`` layout.
+    It is :class:`Adam` with ``decoupled_weight_decay=True``: the update rule is
+    Adam's with ``p = p * (1 - lr * wd)`` before the moments are updated, and
+    loading any checkpoint into AdamW keeps its weight decay decoupled.
+
+    Args:
+        {params}
+        {adam_args}
+        weight_decay (float, optional): decoupled weight decay coefficient ``wd``
+            (default: 1e-2)
+        {amsgrad}
+        {maximize}
+        {foreach}
+        {capturable}
+        {differentiable}
+        {fused}
+
+    {backends}
+
+    State:
+        As :class:`Adam`'s: ``step``, ``exp_avg``, ``exp_avg_sq``, and with
+        ``amsgrad`` ``max_exp_avg_sq``.
     """
 
     def __init__(

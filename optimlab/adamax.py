@@ -1,15 +1,9 @@
 """Adamax (Kingma & Ba, 2014), Adam with the infinity norm.
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g     = g + wd * p
-    m     = lerp(m, g, 1 - beta1)                 (exp_avg)
-    u     = max(beta2 * u, |g| + eps)             (exp_inf)
-    p     = p - lr / (1 - beta1^t) * m / u
-
-The bias correction ``1 - beta1^t`` comes from :func:`adamax_bias_correction`,
-shared by every backend (Python floats, or tensors when capturable, where the
-step is applied as ``m / (u * (-bc / lr))`` as torch does).
+The update rule is in the docstring of :class:`Adamax`. The bias correction
+``1 - beta1^t`` comes from :func:`adamax_bias_correction`, shared by every backend
+(Python floats, or tensors when capturable, where the step is applied as
+``m / (u * (-bc / lr))`` as torch does).
 """
 
 from __future__ import annotations
@@ -19,6 +13,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .adadelta import complex_weight_decay, signed_decayed_grads
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
@@ -84,12 +79,42 @@ def _adamax_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, u, step_sizes)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class Adamax(Optimizer, torch.optim.Adamax):
     """Adamax, the infinity-norm variant of Adam (Kingma & Ba, 2014).
 
-    Same signature, defaults, errors and state (``step``, ``exp_avg``,
-    ``exp_inf``) as ``torch.optim.Adamax``. See the module docstring for the
-    update rule.
+    A drop-in for ``torch.optim.Adamax`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g     = g + wd * p
+        m     = lerp(m, g, 1 - beta1)                 (exp_avg)
+        u     = max(beta2 * u, |g| + eps)             (exp_inf)
+        p     = p - lr / (1 - beta1^t) * m / u
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 2e-3)
+        betas (tuple[float, float], optional): ``(beta1, beta2)``, the coefficients
+            of the running average of the gradient and of the decay of the
+            infinity norm (default: (0.9, 0.999))
+        eps (float, optional): term added to the denominator for numerical
+            stability (default: 1e-8)
+        weight_decay (float, optional): weight decay (L2 penalty) coefficient
+            ``wd`` (default: 0)
+        {foreach}
+        {maximize}
+        {differentiable}
+        {capturable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Adamax`` keeps it,
+        created at its first step: ``step`` (a 0-dim tensor; on the param's device
+        with ``capturable``), ``exp_avg`` (m) and ``exp_inf`` (u), shaped like
+        ``p``.
     """
 
     algorithm = "adamax"

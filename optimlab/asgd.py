@@ -1,22 +1,14 @@
 """ASGD: averaged stochastic gradient descent (Polyak & Juditsky, 1992).
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g   = g + wd * p
-    p   = p * (1 - lambd * eta) - eta * g
-    ax  = ax + mu * (p - ax)                  (ax = p while mu == 1)
-    eta = lr / (1 + lambd * lr * t)^alpha
-    mu  = 1 / max(1, t - t0)
-
-``eta`` and ``mu`` are per-param 0-dim tensors of the default scalar dtype on
-the param's device, as are ``step``. They come from :func:`asgd_eta` and
-:func:`asgd_mu`, shared by every backend. Mirroring torch, the for-loop
-evaluates them on Python floats (``t`` taken with ``.item()``) and stores them
-as :func:`asgd_next` does (through ``torch.as_tensor``: rounded to the default
-dtype, even into the float64 state ``load_state_dict`` makes for float64
-params); the fused backends store exactly these values. The foreach backend
-evaluates ``eta`` on the step tensor (in its dtype) and ``mu`` on floats;
-capturable evaluates both on the step tensors.
+The update rule is in the docstring of :class:`ASGD`. ``eta`` and ``mu`` are
+per-param 0-dim tensors of the default scalar dtype on the param's device, as are
+``step``. They come from :func:`asgd_eta` and :func:`asgd_mu`, shared by every
+backend. Mirroring torch, the for-loop evaluates them on Python floats (``t`` taken
+with ``.item()``) and stores them as :func:`asgd_next` does (through
+``torch.as_tensor``: rounded to the default dtype, even into the float64 state
+``load_state_dict`` makes for float64 params); the fused backends store exactly these
+values. The foreach backend evaluates ``eta`` on the step tensor (in its dtype) and
+``mu`` on floats; capturable evaluates both on the step tensors.
 
 Every backend updates ``p`` and ``ax`` as the for-loop does, also the foreach
 backend (torch's foreach computes ``p - eta * (g + lambd * p)`` and always
@@ -31,6 +23,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .adadelta import signed_decayed_grads
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
@@ -136,12 +129,43 @@ def _asgd_foreach(group, params, grads, state):
             torch._foreach_copy_(mu, mus)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class ASGD(Optimizer, torch.optim.ASGD):
-    """Averaged Stochastic Gradient Descent.
+    """Averaged Stochastic Gradient Descent (Polyak & Juditsky, 1992).
 
-    Same signature, defaults, errors and state (``step``, ``eta``, ``mu``,
-    ``ax``) as ``torch.optim.ASGD``. See the module docstring for the update
-    rule.
+    A drop-in for ``torch.optim.ASGD`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g   = g + wd * p
+        p   = p * (1 - lambd * eta) - eta * g
+        ax  = ax + mu * (p - ax)                  (ax = p while mu == 1)
+        eta = lr / (1 + lambd * lr * t)^alpha
+        mu  = 1 / max(1, t - t0)
+
+    ``ax`` is the running average of the params (the averaged iterate); the
+    ``eta`` and ``mu`` computed at step t are used by step t + 1.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 1e-2)
+        lambd (float, optional): decay term (default: 1e-4)
+        alpha (float, optional): power for the ``eta`` update (default: 0.75)
+        t0 (float, optional): step at which averaging starts (default: 1e6)
+        weight_decay (float, optional): weight decay (L2 penalty) coefficient
+            ``wd`` (default: 0)
+        {foreach}
+        {maximize}
+        {differentiable}
+        {capturable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.ASGD`` keeps it,
+        created at its first step: ``step``, ``eta`` and ``mu`` (0-dim tensors on
+        the param's device) and ``ax`` (shaped like ``p``).
     """
 
     algorithm = "asgd"

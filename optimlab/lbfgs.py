@@ -1,21 +1,9 @@
 """L-BFGS, as torch.optim.LBFGS implements it (heavily inspired by minFunc).
 
-Each ``step(closure)`` runs up to ``max_iter`` iterations on the flattened params
-``x`` (complex params as ``view_as_real``), with ``g`` the flat gradient::
-
-    d   = -H g          two-loop recursion over the last ``history_size`` pairs
-                        (y = g - g_prev, s = t * d_prev), kept when y.s > 1e-10,
-                        with the initial Hessian H_diag = y.s / y.y
-    t   = lr            (first iteration ever: min(1, 1 / |g|_1) * lr)
-    t   = strong Wolfe line search from t along d   (line_search_fn="strong_wolfe")
-    x   = x + t * d
-
-stopping on ``max_eval`` closure calls, ``max|g| <= tolerance_grad``, or progress
-below ``tolerance_change``. As in torch, the whole state (``func_evals``,
-``n_iter``, ``d``, ``t``, ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``,
-``prev_flat_grad``, ``prev_loss``, ``al``) lives under the first param, so
-checkpoints interoperate with torch both ways. One param group only; ``step``
-requires a closure. The iteration is registered as the ``forloop`` backend.
+The algorithm is in the docstring of :class:`LBFGS`. As in torch, the whole state
+lives under the first param, so checkpoints interoperate with torch both ways. The
+iteration is registered as the ``forloop`` backend, the only one (it is driven by the
+closure and works on the flattened params, not elementwise).
 """
 
 from __future__ import annotations
@@ -25,6 +13,7 @@ from torch import Tensor
 
 from . import _dispatch
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar
 from ._validation import check_lr
 
@@ -247,25 +236,68 @@ def _lbfgs_forloop(opt: "LBFGS", group: dict, closure):
     return orig_loss
 
 
+@document(backends=("forloop",))
 class LBFGS(Optimizer, torch.optim.LBFGS):
-    """L-BFGS. Same signature, defaults, errors and state as ``torch.optim.LBFGS``.
+    """L-BFGS (limited-memory BFGS), as ``torch.optim.LBFGS`` implements it.
 
-    .. warning::
-        One param group only, all params on one device; memory grows with
-        ``param_bytes * (history_size + 1)``.
+    A drop-in for ``torch.optim.LBFGS`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+    Heavily inspired by minFunc, as torch's. ``step(closure)`` requires a closure
+    that recomputes the loss (and its gradients) and returns it.
+
+    Each ``step(closure)`` runs up to ``max_iter`` iterations on the flattened
+    params ``x`` (complex params as ``view_as_real``), with ``g`` the flat gradient:
+
+        d   = -H g          two-loop recursion over the last history_size pairs
+                            (y = g - g_prev, s = t * d_prev), kept when y.s > 1e-10,
+                            with the initial Hessian H_diag = y.s / y.y
+        t   = lr            (first iteration ever: min(1, 1 / |g|_1) * lr)
+        t   = strong Wolfe line search from t along d   (line_search_fn="strong_wolfe")
+        x   = x + t * d
+
+    stopping after ``max_eval`` closure calls, when ``max|g| <= tolerance_grad``, or
+    when the progress falls below ``tolerance_change``.
+
+    Warning:
+        One param group only (per-parameter options are refused), all params on one
+        device. Memory grows with ``param_bytes * (history_size + 1)``. Cannot be
+        driven by ``torch.amp.GradScaler`` (as torch's LBFGS: GradScaler refuses
+        closures).
 
     Args:
-        params (iterable): iterable of parameters to optimize.
-        lr (float, optional): learning rate (default: 1)
-        max_iter (int, optional): maximal number of iterations per step (default: 20)
-        max_eval (int, optional): maximal number of function evaluations per step
-            (default: max_iter * 1.25).
-        tolerance_grad (float, optional): termination tolerance on first order optimality
-            (default: 1e-7).
-        tolerance_change (float, optional): termination tolerance on function
-            value/parameter changes (default: 1e-9).
-        history_size (int, optional): update history size (default: 100).
-        line_search_fn (str, optional): either 'strong_wolfe' or None (default: None).
+        params (iterable): an iterable of parameters (or named parameters) to
+            optimize, all in one param group.
+        lr (float, Tensor, optional): learning rate: the initial step length
+            (default: 1)
+        max_iter (int, optional): maximal number of iterations per ``step()``
+            (default: 20)
+        max_eval (int, optional): maximal number of closure calls per ``step()``;
+            ``None`` means ``max_iter * 5 // 4`` (default: None)
+        tolerance_grad (float, optional): termination tolerance on first order
+            optimality, ``max|g|`` (default: 1e-7)
+        tolerance_change (float, optional): termination tolerance on changes of
+            the loss and of the params (default: 1e-9)
+        history_size (int, optional): number of ``(y, s)`` pairs kept
+            (default: 100)
+        line_search_fn (str, optional): ``"strong_wolfe"`` or ``None`` (a fixed
+            step of length ``t``) (default: None)
+
+    {backends}
+
+    State:
+        As ``torch.optim.LBFGS`` keeps it, all under ``state[first param]``:
+        ``func_evals`` and ``n_iter`` (ints), ``d``, ``t``, ``old_dirs``,
+        ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``, ``prev_loss`` and
+        ``al``.
+
+    Example:
+        >>> opt = optimlab.LBFGS(model.parameters(), line_search_fn="strong_wolfe")
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = loss_fn(model(inputs), targets)
+        ...     loss.backward()
+        ...     return loss
+        >>> opt.step(closure)
     """
 
     algorithm = "lbfgs"

@@ -1,4 +1,4 @@
-r"""Learning-rate schedulers: a drop-in for :mod:`torch.optim.lr_scheduler`.
+r"""Learning-rate schedulers: a drop-in for ``torch.optim.lr_scheduler``.
 
 Every scheduler has torch's signature, defaults, attributes and
 ``state_dict`` layout, and produces torch's learning rates (checkpoints load
@@ -9,10 +9,10 @@ against torch's classes keep working, but all scheduling logic is defined here.
 Notation: ``t`` is ``last_epoch`` (the number of ``step()`` calls so far) and
 ``base_lr`` is the group's ``initial_lr``. Chainable schedulers move the
 *current* lr, ``lr_t = lr_{t-1} * f(t) / f(t-1)``, so they compose with other
-schedulers (:class:`ChainedScheduler`) and with lr changes made elsewhere;
+schedulers (``ChainedScheduler``) and with lr changes made elsewhere;
 ``step(epoch)`` (deprecated) uses the closed form ``lr_t = base_lr * f(t)``.
 
-A param group whose ``lr`` is a :class:`~torch.Tensor` (capturable / compiled
+A param group whose ``lr`` is a ``torch.Tensor`` (capturable / compiled
 training) is updated in place, ``group["lr"].fill_(new)``, so code holding
 that tensor sees the new value.
 """
@@ -219,7 +219,7 @@ def _warn_get_lr_called_within_step(scheduler, stacklevel: int = 2) -> None:
 class LRScheduler(_torch.LRScheduler):
     r"""Base class of all schedulers (a ``torch.optim.lr_scheduler.LRScheduler``).
 
-    Subclasses implement :meth:`get_lr`. The constructor records each group's
+    Subclasses implement ``get_lr()``. The constructor records each group's
     ``initial_lr`` (``base_lrs``), wraps ``optimizer.step`` to detect a
     scheduler step before the first optimizer step, and performs the initial
     step (``last_epoch``: -1 -> 0), which sets the group lrs.
@@ -264,16 +264,16 @@ class LRScheduler(_torch.LRScheduler):
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore attributes from :meth:`state_dict`."""
+        """Restore attributes from ``state_dict()``."""
         self.__dict__.update(state_dict)
 
     def get_last_lr(self) -> list[float | Tensor]:
-        """The lrs set by the last :meth:`step`, one per group (tensors are copies)."""
+        """The lrs set by the last ``step()``, one per group (tensors are copies)."""
         return self._last_lr
 
     def get_lr(self) -> list[float | Tensor]:
-        """The lrs for the current ``last_epoch``; called by :meth:`step`.
-        To read the current lrs use :meth:`get_last_lr`."""
+        """The lrs for the current ``last_epoch``; called by ``step()``.
+        To read the current lrs use ``get_last_lr()``."""
         raise NotImplementedError
 
     def step(self, epoch: int | None = None) -> None:
@@ -304,7 +304,7 @@ class LRScheduler(_torch.LRScheduler):
 
 
 class _LRScheduler(LRScheduler, _torch._LRScheduler):
-    """Backwards-compatible alias of :class:`LRScheduler`."""
+    """Backwards-compatible alias of ``LRScheduler``."""
 
 
 class _ChainableLR(LRScheduler):
@@ -440,7 +440,7 @@ class MultiStepLR(_ChainableLR, _torch.MultiStepLR):
 
     Args:
         optimizer (Optimizer): wrapped optimizer.
-        milestones (list): epoch indices (kept as a :class:`~collections.Counter`).
+        milestones (list): epoch indices (kept as a ``collections.Counter``).
         gamma (float): multiplicative factor of the decay. Default: 0.1.
         last_epoch (int): index of the last epoch. Default: -1.
     """
@@ -673,7 +673,7 @@ class _SchedulerList(LRScheduler):
 
 
 class ChainedScheduler(_SchedulerList, _torch.ChainedScheduler):
-    r"""Steps every scheduler in ``schedulers`` on each :meth:`step`, in order,
+    r"""Steps every scheduler in ``schedulers`` on each ``step()``, in order,
     so chainable schedules multiply.
 
     Args:

@@ -1,19 +1,9 @@
 """Muon: momentum orthogonalized by Newton–Schulz, for 2-D params.
 
-Update rule, per matrix param at each step::
-
-    B     = lerp(B, g, 1 - momentum)               (B = momentum_buffer)
-    U     = lerp(g, B, momentum) if nesterov else B
-    O     = NS(U)                                  (Newton–Schulz, in bfloat16)
-    p     = p * (1 - lr * wd)                      (decoupled weight decay)
-    p     = p - adjust_lr(lr, shape) * O
-
-``NS`` runs ``ns_steps`` quintic iterations ``X <- a X + (b A + c A^2) X`` with
-``A = X X^T`` on ``X = U / max(||U||_F, eps)`` (transposed so it is wide).
-``adjust_lr`` is ``sqrt(max(1, A/B))`` ("original", the default) or
-``0.2 * sqrt(max(A, B))`` ("match_rms_adamw") times lr. Both live in
-:func:`zeropower_via_newtonschulz` and :func:`adjust_lr`, shared by every backend
-(the orthogonalization accepts a leading batch dimension for batched backends).
+The update rule is in the docstring of :class:`Muon`. The orthogonalization and the
+lr adjustment live in :func:`zeropower_via_newtonschulz` and :func:`adjust_lr`,
+shared by every backend (the orthogonalization accepts a leading batch dimension
+for batched backends).
 """
 
 from __future__ import annotations
@@ -24,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar
 
 __all__ = ["Muon", "zeropower_via_newtonschulz", "adjust_lr", "check_ns_args"]
@@ -87,11 +78,51 @@ def _muon_forloop(group, params, grads, state):
         param.add_(update, alpha=-adjust_lr(lr, group["adjust_lr_fn"], param.shape))
 
 
+@document(backends=("forloop", "triton"))
 class Muon(Optimizer, torch.optim.Muon):
-    """Muon (Jordan et al., 2024) for 2-D params.
+    """Muon (Jordan et al., 2024): momentum orthogonalized by Newton–Schulz.
 
-    Same signature, defaults, errors and state (``momentum_buffer``) as
-    ``torch.optim.Muon``. See the module docstring for the update rule.
+    A drop-in for ``torch.optim.Muon`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+    Muon takes 2-D params only (the weight matrices of hidden layers); optimize
+    biases, embeddings and other params with another optimizer such as AdamW.
+
+    Update rule, per matrix param at each step (g = grad):
+
+        B     = lerp(B, g, 1 - momentum)               (B = momentum_buffer)
+        U     = lerp(g, B, momentum) if nesterov else B
+        O     = NS(U)                                  (Newton–Schulz, in bfloat16)
+        p     = p * (1 - lr * wd)                      (decoupled weight decay)
+        p     = p - adjust_lr(lr, shape) * O
+
+    ``NS`` runs ``ns_steps`` quintic iterations ``X <- a X + (b A + c A^2) X`` with
+    ``A = X X^T`` on ``X = U / max(||U||_F, eps)`` (transposed so it is wide).
+    For an ``A x B`` param, ``adjust_lr`` is ``lr * sqrt(max(1, A/B))``
+    ("original", Keller Jordan's) or ``lr * 0.2 * sqrt(max(A, B))``
+    ("match_rms_adamw", Moonshot's, which matches AdamW's update RMS so that
+    AdamW's lr and weight decay can be reused).
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 1e-3)
+        weight_decay (float, optional): decoupled weight decay coefficient ``wd``
+            (default: 0.1)
+        momentum (float, optional): momentum factor (default: 0.95)
+        nesterov (bool, optional): Nesterov momentum (default: True)
+        ns_coefficients (tuple[float, float, float], optional): the coefficients
+            ``(a, b, c)`` of the Newton–Schulz polynomial
+            (default: (3.4445, -4.7750, 2.0315))
+        eps (float, optional): term that guards the normalization by
+            ``||U||_F`` (default: 1e-7)
+        ns_steps (int, optional): number of Newton–Schulz iterations (default: 5)
+        adjust_lr_fn (str, optional): ``"original"`` or ``"match_rms_adamw"``;
+            ``None`` means ``"original"`` (default: None)
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Muon`` keeps it,
+        created at its first step: ``momentum_buffer`` (B, shaped like ``p``).
     """
 
     algorithm = "muon"

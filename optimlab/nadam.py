@@ -1,21 +1,8 @@
 """NAdam (Adam with Nesterov momentum); with ``decoupled_weight_decay=True``, NAdamW.
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g      = g + wd * p                    (coupled weight decay), or
-    p      = p * (1 - lr * wd)             (decoupled)
-    mu_t   = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
-    mu_t1  = beta1 * (1 - 0.5 * 0.96^((t + 1) * momentum_decay))
-    prod   = prod * mu_t                   (state ``mu_product``, a scalar tensor)
-    m      = lerp(m, g, 1 - beta1)
-    v      = beta2 * v + (1 - beta2) * g^2
-    denom  = sqrt(v / (1 - beta2^t)) + eps
-    p      = p + grad_step * g / denom + exp_avg_step * m / denom
-
-with ``grad_step = -lr * (1 - mu_t) / (1 - prod)`` and
-``exp_avg_step = -lr * mu_t1 / (1 - prod * mu_t1)``, computed once per param by
-:func:`nadam_scalars` and shared by every backend (with tensors when capturable or
-differentiable, as torch does).
+The update rule is in the docstring of :class:`NAdam`. Its scalars ``grad_step`` and
+``exp_avg_step`` are computed once per param by :func:`nadam_scalars` and shared by
+every backend (with tensors when capturable or differentiable, as torch does).
 """
 
 from __future__ import annotations
@@ -26,6 +13,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._compat import _get_capturable_supported_devices
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
@@ -123,12 +111,55 @@ def _nadam_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms in scalars])
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class NAdam(Optimizer, torch.optim.NAdam):
     """NAdam (Dozat, 2016); with ``decoupled_weight_decay=True``, NAdamW.
 
-    Same signature, defaults, errors and state (``step``, ``mu_product``,
-    ``exp_avg``, ``exp_avg_sq``) as ``torch.optim.NAdam``.
-    See the module docstring for the update rule.
+    A drop-in for ``torch.optim.NAdam`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g      = g + wd * p                    (coupled weight decay), or
+        p      = p * (1 - lr * wd)             (decoupled)
+        mu_t   = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+        mu_t1  = beta1 * (1 - 0.5 * 0.96^((t + 1) * momentum_decay))
+        prod   = prod * mu_t                   (state mu_product, a scalar tensor)
+        m      = lerp(m, g, 1 - beta1)
+        v      = beta2 * v + (1 - beta2) * g^2
+        denom  = sqrt(v / (1 - beta2^t)) + eps
+        p      = p + grad_step * g / denom + exp_avg_step * m / denom
+
+    with ``grad_step = -lr * (1 - mu_t) / (1 - prod)`` and
+    ``exp_avg_step = -lr * mu_t1 / (1 - prod * mu_t1)``.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 2e-3)
+        betas (tuple[float, float], optional): ``(beta1, beta2)``, the coefficients
+            of the running averages of the gradient and of its square
+            (default: (0.9, 0.999))
+        eps (float, optional): term added to the denominator for numerical
+            stability (default: 1e-8)
+        weight_decay (float, optional): weight decay coefficient ``wd``: an L2
+            penalty added to the gradient, or with ``decoupled_weight_decay=True``
+            a decay of the params (default: 0)
+        momentum_decay (float, optional): the momentum decay ``momentum_decay``
+            of ``mu_t`` (default: 4e-3)
+        decoupled_weight_decay (bool, optional): decay the params directly
+            instead of adding ``wd * p`` to the gradient (NAdamW) (default: False)
+        {foreach}
+        {maximize}
+        {capturable}
+        {differentiable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.NAdam`` keeps it,
+        created at its first step: ``step`` and ``mu_product`` (0-dim tensors; on
+        the param's device with ``capturable``), ``exp_avg`` (m) and
+        ``exp_avg_sq`` (v), shaped like ``p``.
     """
 
     algorithm = "nadam"

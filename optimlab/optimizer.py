@@ -123,7 +123,33 @@ class _Work(NamedTuple):
 
 
 class Optimizer(torch.optim.Optimizer):
-    """Base class of optimlab optimizers (a subclass of ``torch.optim.Optimizer``)."""
+    """Base class of optimlab's optimizers: a ``torch.optim.Optimizer`` with one generic step.
+
+    Param groups, named params, hooks, ``state_dict()`` / ``load_state_dict()`` and
+    ``zero_grad()`` are torch's own, so checkpoints interoperate with torch.optim both
+    ways. ``step()`` works in three phases, and a step that raises changes nothing:
+
+    1. plan: for every param group, pick the params that have grads, run the checks
+       torch runs (sparse grads, fused and capturable devices, ``_check_group``) and
+       resolve the group's backend (what ``backends()`` reports);
+    2. gather: create missing state (``_init_state``) and collect
+       ``{state key: [tensor per param]}`` for ``_state_keys(group)``, complex tensors
+       viewed as real, as torch does;
+    3. apply: call the chosen backend's registered update,
+       ``update(group, params, grads, state)``; fused backends (``cpp``, ``triton``)
+       also get ``grad_scale`` and ``found_inf`` from ``torch.amp.GradScaler``.
+       State an update creates lazily (SGD's momentum buffer) is stored back.
+
+    A subclass sets ``algorithm`` (its key in the backend registry, e.g. ``"adam"``)
+    and ``defaults``, and implements ``_init_state``, ``_state_keys`` and, if needed,
+    ``_check_group``; its updates are registered with
+    ``optimlab._dispatch.register(algorithm, backend)``.
+
+    Args:
+        params (iterable): parameters, named parameters, or dicts defining param
+            groups, as for ``torch.optim.Optimizer``.
+        defaults (dict): the default value of each param group option.
+    """
 
     #: key into the backend registry, e.g. "adam"
     algorithm: ClassVar[str] = ""
@@ -166,7 +192,17 @@ class Optimizer(torch.optim.Optimizer):
 
     # ---- backend queries ------------------------------------------------------------
     def backends(self) -> list[_dispatch.BackendChoice]:
-        """The backend each param group resolves to now, and why (one per group)."""
+        """The backend each param group resolves to now, and why.
+
+        Resolved as the next ``step()`` resolves it (constructor flags, then the
+        ``OPTIMLAB_BACKEND`` environment variable, then the device's default), for
+        the group's params whether or not they have grads yet. Resolving the default
+        may check whether a fused backend can run (building the C++ extension on
+        first use).
+
+        Returns:
+            One ``BackendChoice(name, reason)`` per param group.
+        """
         return [
             _dispatch.resolve(self.algorithm, g, list(g["params"]))
             for g in self.param_groups

@@ -1,20 +1,9 @@
 """RAdam (rectified Adam); with ``decoupled_weight_decay=True``, RAdamW.
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g      = g + wd * p                    (coupled weight decay), or
-    p      = p * (1 - lr * wd)             (decoupled)
-    m      = lerp(m, g, 1 - beta1)
-    v      = beta2 * v + (1 - beta2) * g^2
-    rho_t  = rho_inf - 2 t beta2^t / (1 - beta2^t),   rho_inf = 2 / (1 - beta2) - 1
-    if rho_t > 5:   p = p - lr * m / bc1 * rect * sqrt(bc2) / (sqrt(v) + eps)
-    else:           p = p - lr * m / bc1
-
-with ``bc1 = 1 - beta1^t``, ``bc2 = 1 - beta2^t`` and the rectification term
-``rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))``,
-computed once per param by :func:`radam_scalars` and shared by every backend (with
-tensors when capturable, where ``torch.where`` replaces the ``rho_t > 5`` branch).
-Since rho_t < t, the rectified branch starts at step 6 at the earliest.
+The update rule is in the docstring of :class:`RAdam`. Its scalars (bias
+corrections and the rectification term) are computed once per param by
+:func:`radam_scalars` and shared by every backend (with tensors when capturable,
+where ``torch.where`` replaces the ``rho_t > 5`` branch).
 """
 
 from __future__ import annotations
@@ -24,6 +13,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .nadam import _weight_decay
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
@@ -114,12 +104,52 @@ def _radam_foreach(group, params, grads, state):
         torch._foreach_addcmul_(p, m, buffer)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class RAdam(Optimizer, torch.optim.RAdam):
     """RAdam (Liu et al., 2019); with ``decoupled_weight_decay=True``, RAdamW.
 
-    Same signature, defaults, errors and state (``step``, ``exp_avg``,
-    ``exp_avg_sq``) as ``torch.optim.RAdam``.
-    See the module docstring for the update rule.
+    A drop-in for ``torch.optim.RAdam`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g      = g + wd * p                    (coupled weight decay), or
+        p      = p * (1 - lr * wd)             (decoupled)
+        m      = lerp(m, g, 1 - beta1)
+        v      = beta2 * v + (1 - beta2) * g^2
+        rho_t  = rho_inf - 2 t beta2^t / (1 - beta2^t),   rho_inf = 2 / (1 - beta2) - 1
+        if rho_t > 5:   p = p - lr * m / bc1 * rect * sqrt(bc2) / (sqrt(v) + eps)
+        else:           p = p - lr * m / bc1
+
+    with ``bc1 = 1 - beta1^t``, ``bc2 = 1 - beta2^t`` and the rectification term
+    ``rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))``.
+    Since rho_t < t, the rectified branch starts at step 6 at the earliest.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 1e-3)
+        betas (tuple[float, float], optional): ``(beta1, beta2)``, the coefficients
+            of the running averages of the gradient and of its square
+            (default: (0.9, 0.999))
+        eps (float, optional): term added to the denominator for numerical
+            stability (default: 1e-8)
+        weight_decay (float, optional): weight decay coefficient ``wd``: an L2
+            penalty added to the gradient, or with ``decoupled_weight_decay=True``
+            a decay of the params (default: 0)
+        decoupled_weight_decay (bool, optional): decay the params directly
+            instead of adding ``wd * p`` to the gradient (RAdamW) (default: False)
+        {foreach}
+        {maximize}
+        {capturable}
+        {differentiable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.RAdam`` keeps it,
+        created at its first step: ``step`` (a 0-dim tensor; on the param's device
+        with ``capturable``), ``exp_avg`` (m) and ``exp_avg_sq`` (v), shaped like
+        ``p``.
     """
 
     algorithm = "radam"

@@ -1,18 +1,9 @@
 """RMSprop (Hinton's lecture notes; centered variant from Graves, 2013).
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    g    = g + wd * p                       (weight decay, if wd != 0)
-    v    = alpha * v + (1 - alpha) * g^2
-    gavg = lerp(gavg, g, 1 - alpha)         (centered only)
-    avg  = sqrt(v - gavg^2) + eps           (centered), else sqrt(v) + eps
-    b    = momentum * b + g / avg           (momentum > 0)
-    p    = p - lr * b                       (momentum > 0), else
-    p    = p - lr * g / avg
-
-There is no bias correction, so the only scalar is ``lr``. ``step`` is counted
-but unused by the update (as in torch). Complex params are updated as pairs of
-real numbers (``view_as_real``).
+The update rule is in the docstring of :class:`RMSprop`. There is no bias
+correction, so the only scalar is ``lr``. ``step`` is counted but unused by the
+update (as in torch). Complex params are updated as pairs of real numbers
+(``view_as_real``).
 """
 
 from __future__ import annotations
@@ -22,6 +13,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
@@ -103,11 +95,48 @@ def _rmsprop_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, g, avg, value=-lr)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class RMSprop(Optimizer, torch.optim.RMSprop):
-    """RMSprop; same signature, defaults, errors and state as ``torch.optim.RMSprop``.
+    """RMSprop (Hinton's lecture notes; centered variant from Graves, 2013).
 
-    State per param: ``step``, ``square_avg``, then ``momentum_buffer`` (momentum > 0)
-    and ``grad_avg`` (centered). See the module docstring for the update rule.
+    A drop-in for ``torch.optim.RMSprop`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        g    = g + wd * p                       (weight decay, if wd != 0)
+        v    = alpha * v + (1 - alpha) * g^2
+        gavg = lerp(gavg, g, 1 - alpha)         (centered only)
+        avg  = sqrt(v - gavg^2) + eps           (centered), else sqrt(v) + eps
+        b    = momentum * b + g / avg           (momentum > 0)
+        p    = p - lr * b                       (momentum > 0), else
+        p    = p - lr * g / avg
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 1e-2)
+        alpha (float, optional): smoothing constant of the running average of the
+            squared gradient (default: 0.99)
+        eps (float, optional): term added to the denominator for numerical
+            stability (default: 1e-8)
+        weight_decay (float, optional): weight decay (L2 penalty) coefficient
+            ``wd`` (default: 0)
+        momentum (float, optional): momentum factor (default: 0)
+        centered (bool, optional): divide by an estimate of the variance of the
+            gradient (``v - gavg^2``) instead of its second moment (default: False)
+        {capturable}
+        {foreach}
+        {maximize}
+        {differentiable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.RMSprop`` keeps it,
+        created at its first step: ``step`` (a 0-dim tensor, counted but unused by
+        the update; on the param's device with ``capturable``) and ``square_avg``
+        (v), then ``momentum_buffer`` (b) when ``momentum > 0`` and ``grad_avg``
+        (gavg) when ``centered``, each shaped like ``p``.
     """
 
     algorithm = "rmsprop"

@@ -1,16 +1,8 @@
 """Rprop: resilient backpropagation (Riedmiller & Braun, 1993).
 
-Update rule, per element, at step t (g = -grad if maximize)::
-
-    s         = sign(g * prev)
-    factor    = etaplus if s > 0, etaminus if s < 0, 1 if s == 0
-    step_size = clamp(step_size * factor, step_size_min, step_size_max)
-    g         = 0 where factor == etaminus      (the sign flipped: skip this step)
-    p         = p - sign(g) * step_size
-    prev      = g
-
-``step_size`` starts at ``lr`` (``lr + lr*1j`` for complex params, whose real and
-imaginary parts are independent real numbers under ``view_as_real``).
+The update rule is in the docstring of :class:`Rprop`. ``step_size`` starts at
+``lr`` (``lr + lr*1j`` for complex params, whose real and imaginary parts are
+independent real numbers under ``view_as_real``).
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ from torch import Tensor
 
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr
 
@@ -73,11 +66,45 @@ def _rprop_foreach(group, params, grads, state):
         torch._foreach_addcmul_(p, torch._foreach_sign(prev), step_size, value=-1)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class Rprop(Optimizer, torch.optim.Rprop):
-    """Rprop; same signature, defaults, errors and state as ``torch.optim.Rprop``.
+    """Rprop: resilient backpropagation (Riedmiller & Braun, 1993).
 
-    State per param: ``step``, ``prev`` and ``step_size``. See the module docstring
-    for the update rule.
+    A drop-in for ``torch.optim.Rprop`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element, at step t (g = -grad if maximize):
+
+        s         = sign(g * prev)
+        factor    = etaplus if s > 0, etaminus if s < 0, 1 if s == 0
+        step_size = clamp(step_size * factor, step_size_min, step_size_max)
+        g         = 0 where factor == etaminus      (the sign flipped: skip this step)
+        p         = p - sign(g) * step_size
+        prev      = g
+
+    ``step_size`` starts at ``lr``. Only the sign of the gradient is used.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate: the initial ``step_size``
+            (default: 1e-2)
+        etas (tuple[float, float], optional): ``(etaminus, etaplus)``, the
+            multiplicative decrease and increase factors of ``step_size``
+            (default: (0.5, 1.2))
+        step_sizes (tuple[float, float], optional): ``(step_size_min,
+            step_size_max)``, the bounds of ``step_size`` (default: (1e-6, 50))
+        {capturable}
+        {foreach}
+        {maximize}
+        {differentiable}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.Rprop`` keeps it,
+        created at its first step: ``step`` (a 0-dim tensor; on the param's device
+        with ``capturable``), ``prev`` (the previous g) and ``step_size``, shaped
+        like ``p``.
     """
 
     algorithm = "rprop"

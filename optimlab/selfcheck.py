@@ -13,7 +13,13 @@ problem, for a few steps, and compares params and every state entry:
 
 It prints one row per case and a one-line verdict, and exits 0 only if every case
 passed. It is what to run first on a new machine, before trusting a measured default
-(``python -m optimlab.bench --update-defaults``).
+(``python -m optimlab.bench --update-defaults``). For example
+
+    python -m optimlab.selfcheck                        # every check; on CUDA if there is a GPU
+    python -m optimlab.selfcheck --device cpu --quick   # float32 and bfloat16, default options
+    python -m optimlab.selfcheck --optimizers Adam,SGD --backends cpp
+
+``--help`` lists the options. ``run_checks()`` runs the same checks from Python.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ CAPTURABLE = ("Adam", "AdamW", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "
 
 @dataclass
 class Result:
+    """One check: an optimizer on a backend, a dtype and a case, and its outcome."""
+
     optimizer: str
     backend: str
     dtype: str
@@ -289,7 +297,19 @@ def _backends_here(name: str, device: str, wanted: list[str] | None) -> list[str
 
 def run_checks(device: str = "cpu", quick: bool = False, optimizers: list[str] | None = None,
                backends: list[str] | None = None, progress=None) -> list[Result]:
-    """All checks for ``device``; ``progress(result)`` is called after each one."""
+    """Run every check for ``device`` and return the results.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+        quick: float32 and bfloat16 only, default options only.
+        optimizers: class names to check (default: all).
+        backends: backends to check (default: every one available on ``device``).
+        progress (Callable[[Result], None] | None): called with each ``Result`` as soon
+            as it is known.
+
+    Returns:
+        One ``Result`` per check.
+    """
     results = []
     from . import _dispatch
 
@@ -315,6 +335,7 @@ def run_checks(device: str = "cpu", quick: bool = False, optimizers: list[str] |
 
 
 def verdict(results: list[Result], device: str) -> str:
+    """The one-line summary: PASS if no check failed and at least one passed."""
     n = {s: sum(r.status == s for r in results) for s in ("ok", "FAIL", "skip")}
     state = "PASS" if n["FAIL"] == 0 and n["ok"] > 0 else "FAIL"
     return (f"optimlab selfcheck on {device}: {state} ({n['ok']} passed, {n['FAIL']} failed, "
@@ -330,6 +351,7 @@ def _device_name(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: print the table and the verdict; 0 on PASS, else 1."""
     ap = argparse.ArgumentParser(prog="python -m optimlab.selfcheck", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="float32 and bfloat16, default options only")

@@ -1,20 +1,11 @@
 """SGD, optionally with (Nesterov) momentum.
 
-Update rule, per element (g = -grad if maximize)::
-
-    g   = g + wd * p                       (weight decay)
-    b   = g                                (first step: the buffer is a copy of g)
-    b   = momentum * b + (1 - dampening) * g   (later steps)
-    g   = g + momentum * b  if nesterov else  b
-    p   = p - lr * g
-
-The momentum buffer is created lazily on the first step, and only when
-``momentum != 0`` (otherwise the state stays empty, as in torch). Complex
-params are updated directly (the update is linear, as torch does it), and
-sparse grads are accepted: the foreach backend updates a bucket that holds
-sparse grads tensor by tensor, as torch does. ``fused=True`` is validated as
-torch validates it; optimlab has no fused SGD yet, so stepping raises the
-dispatcher's error.
+The update rule is in the docstring of :class:`SGD`. The momentum buffer is created
+lazily on the first step, and only when ``momentum != 0`` (otherwise the state stays
+empty, as in torch). Complex params are updated directly (the update is linear, as
+torch does it), and sparse grads are accepted: the foreach backend updates a bucket
+that holds sparse grads tensor by tensor, as torch does. ``fused=True`` is validated
+as torch validates it and runs the cpp (CPU) or triton (CUDA) backend.
 """
 
 from __future__ import annotations
@@ -23,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar
 
 __all__ = ["SGD"]
@@ -84,12 +76,47 @@ def _sgd_foreach(group, params, grads, state):
             torch._foreach_add_(p, g, alpha=-lr)
 
 
+@document(backends=("forloop", "foreach", "cpp", "triton"))
 class SGD(Optimizer, torch.optim.SGD):
     """Stochastic gradient descent, optionally with momentum (Nesterov or not).
 
-    Same signature, defaults, errors and state (``momentum_buffer``, created on
-    the first step when ``momentum != 0``) as ``torch.optim.SGD``.
-    See the module docstring for the update rule.
+    A drop-in for ``torch.optim.SGD`` (and a subclass of it): same signature,
+    defaults, errors and ``state_dict()`` layout, so checkpoints load both ways.
+
+    Update rule, per element (g = -grad if maximize):
+
+        g   = g + wd * p                       (weight decay)
+        b   = g                                (first step: the buffer is a copy of g)
+        b   = momentum * b + (1 - dampening) * g   (later steps)
+        g   = g + momentum * b  if nesterov else  b
+        p   = p - lr * g
+
+    The momentum lines apply only when ``momentum != 0``. As in torch (and unlike
+    Sutskever et al.), ``lr`` multiplies the buffer rather than entering it, and
+    dampening does not apply to the first step. Sparse gradients are accepted
+    (without weight decay), as in torch.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate; a Tensor lr must have one
+            element (default: 1e-3)
+        momentum (float, optional): momentum factor (default: 0)
+        dampening (float, optional): dampening for momentum (default: 0)
+        weight_decay (float, Tensor, optional): weight decay (L2 penalty)
+            coefficient ``wd`` (default: 0)
+        nesterov (bool, optional): Nesterov momentum; needs ``momentum > 0`` and
+            ``dampening == 0`` (default: False)
+        {maximize}
+        {foreach}
+        {differentiable}
+        {fused}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.SGD`` keeps it:
+        ``momentum_buffer`` (shaped like ``p``), created on the param's first step
+        and only when ``momentum != 0``; otherwise ``state`` stays empty.
     """
 
     foreach_refuses_differentiable = False  # torch's foreach SGD runs under autograd

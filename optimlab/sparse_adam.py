@@ -1,18 +1,9 @@
 """SparseAdam: Adam masked to the rows a sparse gradient touches.
 
-Update rule, at step t, for the entries present in the coalesced sparse grad g
-(g = -grad if maximize); all other entries of the params and moments are left
-as they are::
-
-    m  = m + (1 - beta1) * (g - m)
-    v  = v + (1 - beta2) * (g^2 - v)
-    p  = p - step_size * m / (sqrt(v) + eps)
-
-with ``step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``, computed once by
-:func:`sparse_adam_step_size`. As in torch, ``step`` is a Python int, counted
-even when a grad has no entries (whose update is then skipped), only sparse
-grads are accepted, params must be dense and real, and there is only a for-loop
-implementation (torch has no foreach SparseAdam).
+The update rule is in the docstring of :class:`SparseAdam`. Its ``step_size`` is
+computed once by :func:`sparse_adam_step_size`. As in torch, ``step`` is a Python
+int, counted even when a grad has no entries (whose update is then skipped), and
+there is no foreach implementation (torch has none).
 """
 
 from __future__ import annotations
@@ -23,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._dispatch import register
+from ._docs import document
 from .optimizer import Optimizer, _to_scalar, zeros_like
 from ._validation import check_betas
 
@@ -64,12 +56,42 @@ def _sparse_adam_forloop(group, params, grads, state):
         param.add_(make_sparse(-step_size * numer.div_(denom)))
 
 
+@document(backends=("forloop", "triton"))
 class SparseAdam(Optimizer, torch.optim.SparseAdam):
     """Adam for sparse gradients (e.g. ``nn.Embedding(sparse=True)``).
 
-    Same signature, defaults, errors and state (``step`` as a Python int,
-    ``exp_avg``, ``exp_avg_sq``) as ``torch.optim.SparseAdam``.
-    See the module docstring for the update rule.
+    A drop-in for ``torch.optim.SparseAdam`` (and a subclass of it): same
+    signature, defaults, errors and ``state_dict()`` layout, so checkpoints load
+    both ways. Only sparse gradients are accepted, and params must be dense and
+    real.
+
+    Update rule, at step t, for the entries present in the coalesced sparse grad g
+    (g = -grad if maximize); all other entries of the params and moments are left
+    as they are:
+
+        m  = m + (1 - beta1) * (g - m)
+        v  = v + (1 - beta2) * (g^2 - v)
+        p  = p - step_size * m / (sqrt(v) + eps)
+
+    with ``step_size = lr * sqrt(1 - beta2^t) / (1 - beta1^t)``.
+
+    Args:
+        {params}
+        lr (float, Tensor, optional): learning rate (default: 1e-3)
+        betas (tuple[float, float], optional): ``(beta1, beta2)``, the coefficients
+            of the running averages of the gradient and of its square
+            (default: (0.9, 0.999))
+        eps (float, optional): term added to the denominator for numerical
+            stability (default: 1e-8)
+        {maximize}
+
+    {backends}
+
+    State:
+        ``state[p]`` for each param ``p``, as ``torch.optim.SparseAdam`` keeps it,
+        created at its first step: ``step`` (a Python int, counted even when the
+        grad has no entries), ``exp_avg`` (m) and ``exp_avg_sq`` (v), shaped like
+        ``p``.
     """
 
     algorithm = "sparse_adam"

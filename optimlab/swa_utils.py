@@ -1,6 +1,6 @@
-r"""Weight averaging (SWA / EMA): a drop-in for :mod:`torch.optim.swa_utils`.
+r"""Weight averaging (SWA / EMA): a drop-in for ``torch.optim.swa_utils``.
 
-:class:`AveragedModel` and :class:`SWALR` subclass their torch counterparts
+``AveragedModel`` and ``SWALR`` subclass their torch counterparts
 (so ``isinstance`` checks against torch's classes hold), with the logic
 defined here; results equal torch's.
 """
@@ -119,7 +119,7 @@ def get_swa_avg_fn():
 @torch.no_grad()
 def _swa_update_same_as_single(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
     """``avg <- avg + (model - avg) / (n + 1)``: the arithmetic of
-    :func:`get_swa_avg_fn` (so bit-identical to torch's per-tensor fallback on
+    ``get_swa_avg_fn`` (so bit-identical to torch's per-tensor fallback on
     devices without fast foreach kernels), done as foreach passes for
     floating-point lists."""
     if _is_float_or_complex(averaged[0]):
@@ -144,11 +144,11 @@ def _group_by_device_and_dtype(averaged, current) -> dict:
 class AveragedModel(_torch.AveragedModel):
     r"""A copy of ``model`` whose parameters are a running average (SWA / EMA).
 
-    :meth:`update_parameters` copies ``model``'s parameters on the first call,
+    ``update_parameters()`` copies ``model``'s parameters on the first call,
     then averages them in: the equal-weight mean by default,
     ``avg_fn(averaged, current, n_averaged)`` per tensor, or
     ``multi_avg_fn(averaged_list, current_list, n_averaged)`` in place, called
-    once per (device, dtype) group (see :func:`get_ema_multi_avg_fn`).
+    once per (device, dtype) group (see ``get_ema_multi_avg_fn``).
 
     Args:
         model (Module): the model to average (deep-copied).
