@@ -21,6 +21,7 @@ from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
 from .sparse_adam import SparseAdam
+from .grad_release import GradientRelease, gradient_release
 
 # torch's own helper, re-exported: it swaps params and state and works on any Optimizer
 try:
@@ -42,6 +43,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "BackendChoice",
+    "GradientRelease",
     "LBFGS",
     "Muon",
     "NAdam",
@@ -51,6 +53,7 @@ __all__ = [
     "Rprop",
     "SGD",
     "SparseAdam",
+    "gradient_release",
     "lr_scheduler",
     "swa_utils",
 ]

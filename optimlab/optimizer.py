@@ -220,6 +220,10 @@ class Optimizer(torch.optim.Optimizer):
         self._accelerator_graph_capture_health_check()
         loss = None
         if closure is not None:
+            if getattr(self, "_gradient_release", None) is not None:
+                raise RuntimeError(
+                    "step(closure) is not supported under gradient release: each param is "
+                    "updated during backward (optimlab.gradient_release); call remove() first")
             with torch.enable_grad():
                 loss = closure()
         # plan every group (checks, backend), then gather every group's state (created
@@ -230,13 +234,21 @@ class Optimizer(torch.optim.Optimizer):
             self._apply(w)
         return loss
 
-    def _plan(self, group: dict) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
-        params = [p for p in group["params"] if p.grad is not None]
+    def _step_params(self, group: dict, params: list[Tensor]) -> None:
+        """Update only ``params`` of ``group`` (plan, gather, apply): gradient release."""
+        plan = self._plan(group, params)
+        if plan[1]:
+            self._apply(self._gather(*plan))
+
+    def _plan(self, group: dict, params: list[Tensor] | None = None
+              ) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
+        params = [p for p in (group["params"] if params is None else params) if p.grad is not None]
         # (torch.optim.Optimizer.__setstate__ adds "differentiable" to every optimizer's
         # defaults, not to the groups; our updates read it with .get)
         missing = next((k for k in self.defaults if k not in group and k != "differentiable"), None)
         if missing is not None:  # torch's update would fail on group[missing]
-            raise KeyError(f"param group {self.param_groups.index(group)} has no {missing!r} "
+            where = next((i for i, g in enumerate(self.param_groups) if g is group), "?")
+            raise KeyError(f"param group {where} has no {missing!r} "
                            f"(a state_dict of another optimizer loaded into {type(self).__name__}?)")
         if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.sparse_grad_error)
