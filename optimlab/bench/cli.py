@@ -1,34 +1,71 @@
-"""``python -m optimlab.bench``: optimizer-step throughput per optimizer, backend, size and dtype."""
+"""``python -m optimlab.bench``: optimizer-step throughput per optimizer, backend, size and dtype.
+
+Each cell (optimizer x preset x dtype) builds every backend, then the backends take turns
+being timed, so that load from elsewhere hits them alike. A row reports the median step time
+with its spread (interquartile range); rows are written to results.csv / results.jsonl as
+they come, so an interrupted run keeps what it measured.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import json
+import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 import optimlab
 
-from .measure import BACKENDS, OPTIMIZERS, Row, copy_bandwidth, measure
+from . import defaults as _defaults
+from .defaults import best_backends, best_by_size  # noqa: F401  (re-exported)
+from .measure import BACKENDS, OPTIMIZERS, Row, copy_bandwidth, measure_cell  # noqa: F401
 from .presets import PRESETS, custom, numel
+from .report import EXTRA_HINT, ResultWriter, noise_warning, plot, table
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULTS_FILE = Path(optimlab.__file__).parent / "_defaults.json"
-QUICK = dict(total=1 << 18, count=16, warmup=1, iters=3)
+# Defaults of the options --quick changes; an option given on the command line always wins.
+FULL = dict(total=4 << 20, count=64, warmup=3, rounds=10, min_time=1.0)
+# --quick also times on one thread: on a shared machine no thread then waits for another to be
+# scheduled, which made 2-thread quick runs disagree by 2x (explicit --threads wins)
+QUICK = dict(total=1 << 18, count=16, warmup=1, rounds=5, min_time=0.05, threads=1)
 
 
 def _choices(text: str, valid, what: str, parser) -> list[str]:
     names = list(valid) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in valid]
-    if bad:
-        parser.error(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)} (or 'all')")
+    if bad or not names:
+        parser.error(f"unknown {what} {', '.join(map(repr, bad or [text]))}; valid: {', '.join(valid)} (or 'all')")
     return names
+
+
+def _int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def device_name(device: torch.device) -> str:
@@ -42,31 +79,58 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"{model}, {n} thread{'' if n == 1 else 's'}"
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m optimlab.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m optimlab.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--optimizers", default="all", help=f"comma list or 'all' of: {', '.join(OPTIMIZERS)}")
-    ap.add_argument("--backends", default="all", help=f"comma list or 'all' of: {', '.join(BACKENDS)}")
+    ap.add_argument("--backends", default=None,
+                    help=f"comma list or 'all' (default; --quick: all but torch-compile) of: {', '.join(BACKENDS)}")
     ap.add_argument("--presets", default="custom", help=f"comma list of: custom, {', '.join(PRESETS)}")
-    ap.add_argument("--total", type=int, default=4 << 20, help="custom preset: total params")
-    ap.add_argument("--count", type=int, default=64, help="custom preset: number of tensors")
+    ap.add_argument("--total", type=_int(1), help=f"custom preset: total params (default {FULL['total']}; "
+                                                  f"--quick: {QUICK['total']})")
+    ap.add_argument("--count", type=_int(1), help=f"custom preset: number of tensors (default {FULL['count']}; "
+                                                  f"--quick: {QUICK['count']})")
     ap.add_argument("--dtypes", default="float32", help=f"comma list of: {', '.join(DTYPES)}")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="repeat the sweep, interleaved, and report the median of the rounds' medians "
-                         "(shared machines: a burst of load then hits every backend alike)")
-    ap.add_argument("--quick", action="store_true", help="256K params in 16 tensors, few iterations, no torch.compile")
-    ap.add_argument("--out", default="bench-results", help="folder for results.json, results.csv, results.png")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda when a GPU is visible)")
+    ap.add_argument("--threads", type=_int(1), help="CPU threads torch uses (default: torch's default; --quick: 1)")
+    ap.add_argument("--warmup", type=_int(1), help=f"untimed steps per backend before timing (default "
+                                                   f"{FULL['warmup']}; --quick: {QUICK['warmup']})")
+    ap.add_argument("--rounds", type=_int(1),
+                    help=f"at least this many timed turns (samples) per backend, taken in turn with the "
+                         f"cell's other backends (default {FULL['rounds']}; --quick: {QUICK['rounds']})")
+    ap.add_argument("--min-time", type=_seconds, help=f"seconds of timed steps per backend, over its turns "
+                                                      f"(default {FULL['min_time']}; --quick: {QUICK['min_time']})")
+    ap.add_argument("--iters", type=_int(1), default=0,
+                    help="time at least this many steps per backend as well (default: --min-time decides)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"quicker defaults: {_fmt(QUICK)}, no torch.compile; explicit options still win")
+    ap.add_argument("--out", default="bench-results",
+                    help="folder for results.json, results.csv, results.jsonl, results.png")
+    ap.add_argument("--no-plot", action="store_true", help="skip results.png (it needs matplotlib)")
     ap.add_argument("--update-defaults", action="store_true",
-                    help=f"write the fastest optimlab backend per optimizer and dtype to {DEFAULTS_FILE.name}")
+                    help=f"write the fastest optimlab backend per optimizer, dtype and size class to "
+                         f"{DEFAULTS_FILE.name}")
     args = ap.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.count > args.total:
+        ap.error(f"argument --count: {args.count} tensors cannot share --total {args.total} params "
+                 f"(at most one tensor per param)")
     args.optimizers = _choices(args.optimizers, OPTIMIZERS, "optimizer", ap)
-    args.backends = _choices(args.backends, BACKENDS, "backend", ap)
+    explicit_backends = args.backends is not None
+    args.backends = _choices(args.backends or "all", BACKENDS, "backend", ap)
+    if args.quick and not explicit_backends:
+        args.backends.remove("torch-compile")
     args.presets = _choices(args.presets, ("custom", *PRESETS), "preset", ap)
     args.dtypes = _choices(args.dtypes, DTYPES, "dtype", ap)
     try:
@@ -77,119 +141,164 @@ def parse(argv=None):
         ap.error(f"unsupported device {args.device.type!r}; valid: cpu, cuda, cuda:N")
     if args.device.type == "cuda" and not torch.cuda.is_available():
         ap.error("device 'cuda' is not available here (no GPU visible to torch); valid: cpu")
-    if args.quick:
-        args.total, args.count, args.warmup, args.iters = (QUICK[k] for k in ("total", "count", "warmup", "iters"))
-        if "torch-compile" in args.backends and len(args.backends) > 1:
-            args.backends.remove("torch-compile")
     return args
 
 
-def sweep(args) -> tuple[list[Row], float]:
-    from tqdm import tqdm
+class _NoBar:
+    def update(self, n=1):
+        pass
 
-    copy_gbps = copy_bandwidth(args.device)
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(f"(no progress bar: tqdm is not installed; {EXTRA_HINT})", file=sys.stderr)
+        return _NoBar()
+    return tqdm(total=total, desc="optimizer steps", unit="run", file=sys.stderr)
+
+
+def _say(message: str) -> None:
+    print(f"optimlab.bench: {message}", file=sys.stderr, flush=True)
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _max_variants(shapes, dtype: torch.dtype, device: torch.device, n: int) -> int | None:
+    """How many backends of a cell fit in memory at once (params, grads, up to 3 state
+    tensors each), within half of what is available; None: all of them."""
+    free = _available_bytes(device)
+    each = 5 * numel(shapes) * torch.empty((), dtype=dtype).element_size()
+    if free is None or each * n <= free // 2:
+        return None
+    return max(1, free // 2 // each)
+
+
+def prepare(args) -> float:
+    """Everything slow that is not a measurement, before the progress bar starts: report it
+    on stderr. Returns the measured copy bandwidth."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.type == "cpu" and hasattr(os, "getloadavg"):
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+        if load > 0.5 * cpus:
+            _say(f"the machine is busy (load average {load:.1f} on {cpus} CPUs): timings will be noisy"
+                 + ("" if args.threads == 1 else "; --threads 1 suffers less from it"))
+    ours = [b for b in args.backends if b.startswith("optimlab-")]
+    if args.device.type == "cpu" and any(b in ("optimlab-default", "optimlab-cpp") for b in ours):
+        from optimlab.kernels import cpu
+
+        _say("loading optimlab's C++ CPU kernels (the first run on a machine compiles them: a minute or more)...")
+        t0 = time.perf_counter()
+        why = cpu.availability()
+        _say(f"  ...{'ready' if why is None else why} ({time.perf_counter() - t0:.1f} s)")
+    if args.device.type == "cuda" and any(b in ("optimlab-default", "optimlab-triton") for b in ours):
+        _say("Triton kernels compile during each optimizer's untimed warm-up (cached afterwards)")
+    if "torch-compile" in args.backends:
+        _say("torch.compile compiles each optimizer's step during its untimed warm-up (slow)")
+    _say(f"measuring the copy bandwidth of {args.device}...")
+    return copy_bandwidth(args.device)
+
+
+def sweep(args, copy_gbps: float):
+    """Yields the rows of one cell (optimizer x preset x dtype) at a time."""
     shapes_of = {p: (custom(args.total, args.count) if p == "custom" else PRESETS[p]()) for p in args.presets}
-    jobs = [(o, b, p, d) for p in args.presets for d in args.dtypes for o in args.optimizers for b in args.backends]
-    runs: list[list[Row]] = [[] for _ in jobs]
-    bar = tqdm(total=len(jobs) * args.rounds, desc="optimizer steps", unit="run", file=sys.stderr)
-    for _ in range(args.rounds):
-        for i, (opt, backend, preset, dtype) in enumerate(jobs):
-            runs[i].append(measure(opt, backend, shapes_of[preset], preset, DTYPES[dtype], args.device,
-                                   copy_gbps, args.warmup, args.iters))
-            bar.update()
-    bar.close()
-    rows = [_median_row(r) for r in runs]
-    return rows, copy_gbps
+    cells = [(o, p, d) for p in args.presets for d in args.dtypes for o in args.optimizers]
+    bar = _progress(len(cells) * len(args.backends))
+    try:
+        for opt, preset, dtype in cells:
+            bar.set_postfix_str(f"{opt} {preset} {dtype}")
+            shapes = shapes_of[preset]
+            limit = _max_variants(shapes, DTYPES[dtype], args.device, len(args.backends))
+            if limit is not None and limit < len(args.backends):
+                _say(f"{preset} {dtype}: {limit} of {len(args.backends)} backends fit in memory at once; "
+                     f"they take turns in groups of {limit}")
+            yield measure_cell(opt, args.backends, shapes, preset, DTYPES[dtype], args.device, copy_gbps,
+                               warmup=args.warmup, rounds=args.rounds, min_time=args.min_time,
+                               iters=args.iters, max_variants=limit)
+            bar.update(len(args.backends))
+    finally:
+        bar.close()
 
 
-def _median_row(rounds: list[Row]) -> Row:
-    """The round whose step time is the median (its GB/s etc. follow from that time)."""
-    ok = sorted((r for r in rounds if r.status == "ok"), key=lambda r: r.median_ms)
-    return ok[(len(ok) - 1) // 2] if ok else rounds[0]
+def _command(argv=None) -> str:
+    return "python -m optimlab.bench " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
 
 
-def table(rows: list[Row], copy_gbps: float) -> str:
-    head = f"{'optimizer':<11}{'backend':<34}{'preset':<11}{'dtype':<9}{'params':>11}{'tensors':>8}" \
-           f"{'median ms':>11}{'GB/s':>8}{'% copy':>8}{'state MB':>10}"
-    lines = [f"measured copy bandwidth: {copy_gbps:.1f} GB/s", head, "-" * len(head)]
-    for r in rows:
-        if r.status != "ok":
-            lines.append(f"{r.optimizer:<11}{r.backend:<34}{r.preset:<11}{r.dtype:<9}{r.params:>11}{r.tensors:>8}  {r.status}")
-            continue
-        lines.append(f"{r.optimizer:<11}{r.backend:<34}{r.preset:<11}{r.dtype:<9}{r.params:>11}{r.tensors:>8}"
-                     f"{r.median_ms:>11.3f}{r.gbps:>8.1f}{r.pct_copy:>7.1f}%{r.state_mb:>10.1f}")
-    return "\n".join(lines)
-
-
-def plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in rows if r.status == "ok"]
-    optimizers = list(dict.fromkeys(r.optimizer for r in ok))
-    backends = list(dict.fromkeys(r.backend.split("(")[0] for r in ok))
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(optimizers)), 5))
-    width = 0.8 / max(1, len(backends))
-    for j, b in enumerate(backends):
-        ys = [max((r.gbps for r in ok if r.optimizer == o and r.backend.split("(")[0] == b), default=0) for o in optimizers]
-        ax.bar([i + j * width for i in range(len(optimizers))], ys, width, label=b)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(optimizers))], optimizers, rotation=30)
-    ax.set_ylabel("GB/s")
-    ax.set_title(f"optimizer step throughput ({ok[0].device if ok else ''})")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def best_backends(rows: list[Row]) -> dict[str, dict[str, str]]:
-    """{algorithm: {dtype: fastest explicit optimlab backend}} from measured rows."""
-    best: dict[tuple[str, str], Row] = {}
-    for r in rows:
-        if r.status != "ok" or not r.backend.startswith("optimlab-") or "default" in r.backend:
-            continue
-        key = (getattr(optimlab, r.optimizer).algorithm, r.dtype)
-        if key not in best or r.median_ms < best[key].median_ms:
-            best[key] = r
-    out: dict[str, dict[str, str]] = {}
-    for (alg, dtype), r in sorted(best.items()):
-        out.setdefault(alg, {})[dtype] = r.backend.removeprefix("optimlab-")
-    return out
-
-
-def update_defaults(rows, args, copy_gbps, path: Path = DEFAULTS_FILE) -> None:
-    table_ = json.loads(path.read_text()) if path.exists() else {}
-    table_[args.device.type] = {
-        "device": device_name(args.device),
-        "measured": datetime.date.today().isoformat(),
-        "command": "python -m optimlab.bench " + " ".join(map(shlex.quote, sys.argv[1:])),
-        "copy_gbps": round(copy_gbps, 1),
-        "choices": best_backends(rows),
-    }
-    path.write_text(json.dumps(table_, indent=1, sort_keys=True) + "\n")
+def update_defaults(rows, args, copy_gbps, path: Path = DEFAULTS_FILE, command: str | None = None) -> dict:
+    command = command or _command()
+    entry = _defaults.update_defaults(rows, args.device.type, device_name(args.device), command, copy_gbps, path)
+    classes = {cls for per_dtype in entry["by_size"].values() for per_class in per_dtype.values() for cls in per_class}
+    if len(classes) == 1:
+        _say(f"note: the defaults were measured at one size class only ({next(iter(classes))}); "
+             f"param groups of other sizes use it as the nearest (run more --presets to cover them)")
+    return entry
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    rows, copy_gbps = sweep(args)
-    print(f"device: {device_name(args.device)}; torch {torch.__version__}; optimlab {optimlab.__version__}")
-    print(table(rows, copy_gbps))
+    command = _command(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device_name(args.device), "torch": torch.__version__, "copy_gbps": copy_gbps,
-            "command": "python -m optimlab.bench " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv)),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=1))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].as_dict()))
-        writer.writeheader()
-        writer.writerows(r.as_dict() for r in rows)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"python -m optimlab.bench: error: argument --out: cannot create {out}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        copy_gbps = prepare(args)
+    except KeyboardInterrupt:
+        _say("interrupted before the first measurement")
+        return 130
+    device = device_name(args.device)
+    meta = {"device": device, "torch": torch.__version__, "optimlab": optimlab.__version__,
+            "threads": torch.get_num_threads(), "copy_gbps": copy_gbps, "command": command,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "settings": {k: getattr(args, k) for k in ("warmup", "rounds", "min_time", "iters")},
+            "spread": "q1_ms/q3_ms: quartiles of the samples; iqr_pct: (q3 - q1) / median in %"}
+    writer = ResultWriter(out, meta)
+    interrupted = False
+    started = time.perf_counter()
+    try:
+        for rows in sweep(args, copy_gbps):
+            writer.add(rows)
+    except KeyboardInterrupt:
+        interrupted = True
+    writer.close(interrupted=interrupted, seconds=round(time.perf_counter() - started, 1))
+    rows = writer.rows
+    print(f"device: {device}; torch {torch.__version__}; optimlab {optimlab.__version__}")
+    print(table(rows, copy_gbps))
+    warning = noise_warning(rows)
+    if warning:
+        if args.device.type == "cpu" and torch.get_num_threads() > 1:
+            warning += " (with other programs running, --threads 1 suffers less: no thread waits for another)"
+        print(warning)
+    if interrupted:
+        _say(f"interrupted: the {len(rows)} rows measured so far are in {out}/results.csv, results.jsonl, "
+             f"results.json")
+        return 130
+    wrote = ["results.json", "results.csv", "results.jsonl"]
     if not args.no_plot:
-        plot(rows, out / "results.png")
+        title = f"optimizer step, {device}; torch {torch.__version__}; optimlab {optimlab.__version__}"
+        if plot(rows, out / "results.png", copy_gbps, title):
+            wrote.append("results.png")
     if args.update_defaults:
-        update_defaults(rows, args, copy_gbps)
+        update_defaults(rows, args, copy_gbps, command=command)
         print(f"updated {DEFAULTS_FILE}")
-    print(f"wrote {out}/results.json, results.csv" + ("" if args.no_plot else ", results.png"))
+    print(f"wrote {out}/" + ", ".join(wrote))
     return 0
