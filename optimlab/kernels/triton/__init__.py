@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import operator
 import os
 
 import torch
@@ -66,38 +67,65 @@ def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = Fa
     """Raise a clear error, naming the parameter, for inputs a Triton kernel cannot take.
 
     Registered with the dispatcher as the triton backend's plan-time check, so it runs
-    before any param group is updated."""
+    before any param group is updated. Runs on every step: the common case (nothing
+    wrong) is a few C-level passes over the tensors; a parameter's name (which
+    ``_dispatch.param_name`` finds by scanning the group) and the message are built only
+    when raising. A group may span several CUDA devices (one launch per device)."""
     if not params:
         return
-    dev0 = params[0].device
+    device_type = "cpu" if interpreting() else "cuda"
+    on_type = _IS_CPU if device_type == "cpu" else _IS_CUDA
+    if (
+        all(map(on_type, params))
+        and all(map(on_type, grads))
+        and (device_type == "cpu"  # one CPU device; CUDA: each grad on its param's GPU
+             or list(map(_GET_DEVICE, grads)) == list(map(_GET_DEVICE, params)))
+        and set(map(_DTYPE, params)) <= _ACCEPTED
+        and not any(map(_IS_SPARSE, grads))
+        and set(map(_DTYPE, grads)) <= _ACCEPTED
+        and list(map(_SHAPE, grads)) == list(map(_SHAPE, params))
+    ):
+        return
+    # something is wrong (or there are sparse grads): find the first parameter at fault
     for i, (p, g) in enumerate(zip(params, grads)):
-        where = f"optimlab {algorithm} (triton backend): {_dispatch.param_name(group, i)}"
-        if p.device != dev0:
+        why = _what_is_wrong(p, g, sparse_ok, device_type)
+        if why is not None:
             raise RuntimeError(
-                f"{where} is on {p.device} but the first parameter of its param group is on "
-                f"{dev0}; a fused step needs every parameter of a param group on one device"
-            )
-        if p.device.type == "cpu" and not interpreting():
-            raise RuntimeError(
-                f"{where} is a CPU tensor: Triton kernels run on CUDA tensors (set "
-                "TRITON_INTERPRET=1 before importing triton to interpret them on the CPU)"
-            )
-        if p.device.type not in ("cuda", "cpu"):
-            raise RuntimeError(f"{where} is on {p.device}; the triton backend supports CUDA")
-        if p.dtype not in _DTYPES + _COMPLEX:
-            raise RuntimeError(
-                f"{where} has dtype {p.dtype}; the triton backend supports float16, "
-                "bfloat16, float32 and float64 (complex params are updated as real views)"
-            )
-        if g.is_sparse and not sparse_ok:
-            raise RuntimeError(f"{where} has a sparse grad; the fused kernel needs dense grads")
-        if g.device != p.device:
-            raise RuntimeError(f"{where} is on {p.device} but its grad is on {g.device}")
-        if not g.is_sparse and (g.dtype not in _DTYPES + _COMPLEX or g.shape != p.shape):
-            raise RuntimeError(
-                f"{where}: its grad (dtype {g.dtype}, shape {tuple(g.shape)}) does not match "
-                f"the parameter (dtype {p.dtype}, shape {tuple(p.shape)})"
-            )
+                f"optimlab {algorithm} (triton backend): {_dispatch.param_name(group, i)}{why}")
+
+
+_IS_CPU = operator.attrgetter("is_cpu")
+_GET_DEVICE = operator.methodcaller("get_device")
+_IS_CUDA = operator.attrgetter("is_cuda")
+_DTYPE = operator.attrgetter("dtype")
+_SHAPE = operator.attrgetter("shape")
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_ACCEPTED = frozenset(_DTYPES + _COMPLEX)
+
+
+def _what_is_wrong(p, g, sparse_ok: bool, device_type: str) -> str | None:
+    """What the triton backend cannot take about param ``p`` and its grad ``g`` (the end
+    of a sentence that starts with the parameter's name), or None."""
+    if p.device.type == "cpu" and device_type != "cpu":
+        return (" is a CPU tensor: Triton kernels run on CUDA tensors (set "
+                "TRITON_INTERPRET=1 before importing triton to interpret them on the CPU)")
+    if p.device.type == "cuda" and device_type != "cuda":
+        return (f" is on {p.device} but TRITON_INTERPRET=1: the interpreter runs kernels on "
+                "the host, which cannot address CUDA memory through the launch table (unset "
+                "TRITON_INTERPRET, or move the parameters to the CPU)")
+    if p.device.type not in ("cuda", "cpu"):
+        return f" is on {p.device}; the triton backend supports CUDA"
+    if p.dtype not in _ACCEPTED:
+        return (f" has dtype {p.dtype}; the triton backend supports float16, "
+                "bfloat16, float32 and float64 (complex params are updated as real views)")
+    if g.is_sparse and not sparse_ok:
+        return " has a sparse grad; the fused kernel needs dense grads"
+    if g.device != p.device:
+        return f" is on {p.device} but its grad is on {g.device}"
+    if not g.is_sparse and (g.dtype not in _ACCEPTED or g.shape != p.shape):
+        return (f": its grad (dtype {g.dtype}, shape {tuple(g.shape)}) does not match "
+                f"the parameter (dtype {p.dtype}, shape {tuple(p.shape)})")
+    return None
 
 
 # ---- registration ----------------------------------------------------------------------
@@ -161,7 +189,7 @@ def _as_real(fn, group, params, grads, state):
 
 def _make_update(algorithm: str, module: str, fname: str, sparse: str):
     def update(group, params, grads, state, grad_scale=None, found_inf=None):
-        if sparse == "forloop" and any(g.is_sparse for g in grads):
+        if sparse == "forloop" and any(map(_IS_SPARSE, grads)):
             # sparse grads are not fused: the for-loop reference updates those params
             with_sparse = [i for i, g in enumerate(grads) if g.is_sparse]
             dense = [i for i, g in enumerate(grads) if not g.is_sparse]
@@ -173,7 +201,7 @@ def _make_update(algorithm: str, module: str, fname: str, sparse: str):
             if dense:
                 _subset(update, dense, group, params, grads, state)
             return
-        if any(torch.is_complex(p) for p in params):
+        if any(map(torch.Tensor.is_complex, params)):
             # the base views complex as real unless the class opts out (SGD, Adagrad): do it here
             return _as_real(
                 lambda *a: update(*a, grad_scale=grad_scale, found_inf=found_inf),

@@ -46,6 +46,13 @@ KERNELS = {
 _PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
 
 
+def _options() -> dict:
+    """The compile options every launch passes (``_launcher.LAUNCH_OPTIONS``)."""
+    from ._launcher import LAUNCH_OPTIONS
+
+    return dict(LAUNCH_OPTIONS)
+
+
 def _variants(flags: dict, exhaustive: bool):
     names = list(flags)
     if not names:
@@ -111,7 +118,7 @@ def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick
                                 sig[arg] = _PTR[dtype]
                         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
                         t0 = time.time()
-                        triton.compile(src, target=target)
+                        triton.compile(src, target=target, options=_options())
                         count += 1
                         if verbose:
                             print(f"{name} {dtype} {var} amp={amp[0]}: {time.time() - t0:.2f}s")

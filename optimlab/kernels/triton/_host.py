@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
+
 import torch
 from torch import Tensor
 
 from ..._common import foreach_increment
+
+
+_DEVICE = operator.attrgetter("device")
+
+
+def capturing() -> bool:
+    """True while the current CUDA stream is capturing a CUDA graph (False without CUDA:
+    no stream can capture before CUDA is initialized)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
+def stack_scalars(tensors: list[Tensor]) -> Tensor:
+    """1-D stack of one-element tensors, on the first one's device (a group may span
+    several devices: the others are copied there, device to device)."""
+    if len(set(map(_DEVICE, tensors))) > 1:
+        dev0 = tensors[0].device
+        return torch.stack([t.reshape(()).to(dev0) for t in tensors])
+    return torch.stack([t.reshape(()) for t in tensors])
+
+
+def per_device(x: Tensor, tensors: list[Tensor], dtype=None) -> list[Tensor]:
+    """``x`` (a one-element tensor) on the device of each of ``tensors`` (one copy per
+    device), e.g. ``found_inf`` for step counters spread over several GPUs."""
+    dtype = dtype if dtype is not None else x.dtype
+    devices = set(map(_DEVICE, tensors))
+    if len(devices) == 1:
+        return [x.to(device=devices.pop(), dtype=dtype)] * len(tensors)
+    copies: dict = {}
+    out = []
+    for t in tensors:
+        d = t.device
+        c = copies.get(d)
+        if c is None:
+            c = copies[d] = x.to(device=d, dtype=dtype)
+        out.append(c)
+    return out
 
 
 def on_device(steps: list[Tensor]) -> bool:
@@ -21,7 +60,7 @@ def next_steps(steps: list[Tensor], capturable: bool):
     torch's capturable for-loop computes), in fp64 otherwise (as ``_get_value``)."""
     if not on_device(steps):
         return [float(s) + 1 for s in steps]
-    vec = torch.stack([s.reshape(()) for s in steps])
+    vec = stack_scalars(steps)
     if not capturable:
         vec = vec.to(torch.float64)
     return vec + 1
@@ -33,7 +72,12 @@ def per_tensor(fn, steps, *args):
     if isinstance(steps, Tensor):
         out = fn(*args, steps)
         return [o if isinstance(o, Tensor) else torch.full_like(steps, float(o)) for o in out]
-    rows = [fn(*args, s) for s in steps]
+    rows, memo = [], {}
+    for s in steps:  # usually one step number for the whole group: computed once
+        row = memo.get(s)
+        if row is None:
+            row = memo[s] = fn(*args, s)
+        rows.append(row)
     return [list(col) for col in zip(*rows)] if rows else []
 
 
@@ -43,8 +87,7 @@ def commit_steps(steps: list[Tensor], found_inf: Tensor | None) -> None:
         return
     foreach_increment(steps)
     if found_inf is not None:
-        fi = found_inf.to(device=steps[0].device, dtype=steps[0].dtype)
-        torch._foreach_sub_(steps, [fi] * len(steps))
+        torch._foreach_sub_(steps, per_device(found_inf, steps, steps[0].dtype))
 
 
 def value(x, ref: Tensor | None = None):
@@ -67,7 +110,9 @@ def amp_on_host(grads: list[Tensor], grad_scale: Tensor | None, found_inf: Tenso
     if grad_scale is not None:
         dense = [g for g in grads if not g.is_sparse]
         if dense:
-            torch._foreach_div_(dense, grad_scale.to(dense[0].device))
+            scales = per_device(grad_scale, dense)
+            same = all(map(operator.is_, scales, repeat(scales[0])))
+            torch._foreach_div_(dense, scales[0] if same else scales)
         for g in grads:
             if g.is_sparse:
                 g._values().div_(grad_scale.to(g.device))

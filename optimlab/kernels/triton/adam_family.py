@@ -13,7 +13,7 @@ import triton.language as tl
 from ...adam import adam_scalars
 from ...optimizer import _to_scalar
 from . import _helpers as h
-from ._host import commit_steps, next_steps, per_tensor, value
+from ._host import commit_steps, next_steps, per_device, per_tensor, stack_scalars, value
 from ._launcher import launch
 
 
@@ -207,7 +207,7 @@ def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
         cols = [nadam_scalars(lr, beta1, beta2, md, s, mu, capturable) for s, mu in zip(nxt, new_mus)]
         columns = [list(c) for c in zip(*cols)]
     else:
-        mu_vec = torch.stack([mu.reshape(()) for mu in mus])
+        mu_vec = stack_scalars(mus)
         columns = list(nadam_scalars(lr, beta1, beta2, md, nxt.to(mu_vec.dtype) if capturable else nxt,
                                      mu_vec, True))
         new_mus = list(mu_vec.unbind())
@@ -219,8 +219,9 @@ def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
     if found_inf is not None:
-        keep = found_inf.to(mus[0].device) != 0
-        new_mus = [torch.where(keep, old, new.to(old.dtype)) for old, new in zip(mus, new_mus)]
+        keeps = per_device(found_inf != 0, mus)
+        new_mus = [torch.where(keep, old, new.to(device=old.device, dtype=old.dtype))
+                   for keep, old, new in zip(keeps, mus, new_mus)]
     torch._foreach_copy_(mus, [n.reshape(o.shape).to(o.dtype) for o, n in zip(mus, new_mus)])
     commit_steps(steps, found_inf)
 

@@ -21,7 +21,8 @@ param shape; :func:`optimlab.muon.zeropower_via_newtonschulz` orthogonalizes eac
 (``baddbmm``; a single matrix takes the 2-D path, as the for-loop); ``_muon_apply_kernel``
 applies weight decay and ``-adjust_lr(lr, ...) * O`` to every param.
 
-AMP (grad_scale / found_inf) is handled on the host for both (see ``_host.amp_on_host``).
+AMP (grad_scale / found_inf): Adafactor handles it on the host (``_host.amp_on_host``: one
+host sync, among the ``.item()`` calls it makes anyway); Muon in its kernels (no host sync).
 """
 
 from __future__ import annotations
@@ -254,7 +255,10 @@ def _muon_momentum_kernel(
     NESTEROV: tl.constexpr,
 ):
     """``buf.lerp_(g, 1 - momentum)``; the update (``g.lerp(buf, momentum)`` with Nesterov,
-    else ``buf``) stored in bfloat16 into its slot of the Newton–Schulz batch."""
+    else ``buf``) stored in bfloat16 into its slot of the Newton–Schulz batch. AMP: the
+    grad is unscaled (and written back); a nonzero ``found_inf`` skips the step."""
+    if h.skip_step(found_inf, HAS_INF):
+        return
     ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
     bp = h.tensor_ptr(itab, 0, n_tensors, ti, b_ref)
     gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
@@ -264,7 +268,7 @@ def _muon_momentum_kernel(
     for it in range(ITERS):
         offs = start + it * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
-        g = h.load(gp, offs, mask, ACC64)
+        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, False, ACC64)
         b = h.lerp(h.load(bp, offs, mask, ACC64), g, one_minus_momentum)
         h.store(bp, offs, b, mask)
         if NESTEROV:
@@ -279,7 +283,10 @@ def _muon_apply_kernel(
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
 ):
-    """``p.mul_(1 - lr * wd).add_(O, alpha=-adjusted_lr)`` (the add is one fma, as torch)."""
+    """``p.mul_(1 - lr * wd).add_(O, alpha=-adjusted_lr)`` (the add is one fma, as torch);
+    nothing where ``found_inf`` is nonzero."""
+    if h.skip_step(found_inf, HAS_INF):
+        return
     ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
     pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
     op = h.tensor_ptr(itab, 1, n_tensors, ti, o_ref)
@@ -296,8 +303,9 @@ def _muon_apply_kernel(
 def muon(group, params, grads, state, grad_scale=None, found_inf=None):
     from ...muon import adjust_lr, zeropower_via_newtonschulz
 
-    if amp_on_host(grads, grad_scale, found_inf):
-        return
+    # AMP on the device, no host sync: the momentum kernel unscales the grads (writing them
+    # back, as torch's fused optimizers leave them) and both kernels do nothing where
+    # found_inf is nonzero (Newton–Schulz then runs on an unwritten batch, unused)
     lr, wd, momentum = _to_scalar(group["lr"]), group["weight_decay"], group["momentum"]
     # scalars first: a shape adjust_lr refuses raises before anything changed
     neg_lrs = [value(-adjust_lr(lr, group["adjust_lr_fn"], p.shape)) for p in params]
@@ -311,8 +319,10 @@ def muon(group, params, grads, state, grad_scale=None, found_inf=None):
         for j, i in enumerate(idx):
             slots[i] = batch[j]
         batches.append((batch, idx))
-    launch(_muon_momentum_kernel, [state["momentum_buffer"], grads, slots], written=(0, 2),
-           group_scalars=[1 - momentum, momentum], NESTEROV=bool(group["nesterov"]))
+    launch(_muon_momentum_kernel, [state["momentum_buffer"], grads, slots],
+           written=(0, 1, 2) if grad_scale is not None else (0, 2),
+           group_scalars=[1 - momentum, momentum], grad_scale=grad_scale, found_inf=found_inf,
+           NESTEROV=bool(group["nesterov"]))
     ortho: list = [None] * len(params)
     coeffs, steps, eps = group["ns_coefficients"], group["ns_steps"], group["eps"]
     for batch, idx in batches:
@@ -325,4 +335,4 @@ def muon(group, params, grads, state, grad_scale=None, found_inf=None):
                 ortho[i] = out[j]
     decay = 1 - lr * wd
     launch(_muon_apply_kernel, [params, ortho], written=(0,),
-           group_scalars=[value(decay)], columns=[neg_lrs])
+           group_scalars=[value(decay)], columns=[neg_lrs], found_inf=found_inf)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
+
 import torch
 import triton
 import triton.language as tl
 
 from ...optimizer import _to_scalar
 from . import _helpers as h
-from ._host import commit_steps, value
-from ._launcher import launch
+from . import _host
+from ._host import capturing, commit_steps, stack_scalars, value
+from ._launcher import CaptureError, launch
 
 
 
@@ -56,11 +60,24 @@ def sgd(group, params, grads, state, grad_scale=None, found_inf=None):
     bufs = state.get("momentum_buffer")
     new_bufs, first = None, [0.0] * len(params)
     if momentum != 0:
+        missing = ([i for i, b in enumerate(bufs) if b is None]
+                   if any(map(operator.is_, bufs, repeat(None))) else [])
+        if missing and found_inf is not None:
+            # A step AMP skips must leave no buffer behind (torch's for-loop does not step
+            # at all then): the kernel would not write the new buffers. One host sync, on
+            # the steps that create buffers only.
+            if capturing():
+                raise CaptureError(
+                    "optimlab sgd (triton backend): a CUDA graph is being captured with "
+                    "GradScaler's found_inf, and some momentum buffers do not exist yet: "
+                    "whether they are created depends on found_inf, which capture cannot "
+                    "read. Run one step outside capture first. Nothing was updated.")
+            if float(found_inf) != 0:
+                return
         new_bufs = list(bufs)
-        for i, b in enumerate(bufs):
-            if b is None:
-                new_bufs[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
-                first[i] = 1.0
+        for i in missing:
+            new_bufs[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
+            first[i] = 1.0
     launch(
         _sgd_kernel, [params, grads, new_bufs], written=(0, 1, 2),
         group_scalars=[-value(lr, ref), value(wd, ref), momentum, 1 - group["dampening"]],
@@ -106,43 +123,55 @@ def _asgd_kernel(
 
 
 def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
-    from ...asgd import asgd_eta, asgd_mu
+    from ...asgd import asgd_eta, asgd_mu, asgd_next
 
     lr, lambd, alpha, t0 = _to_scalar(group["lr"]), group["lambd"], group["alpha"], group["t0"]
     steps, etas, mus = state["step"], state["eta"], state["mu"]
     ref = params[0]
     capturable = group["capturable"]
-    if capturable:
-        eta_vals = [e.reshape(()) for e in etas]
-        decay = [1 - lambd * e for e in eta_vals]
-        mu_vals = [m.reshape(()) for m in mus]
+    # eta, mu and step live on the param's device (as torch keeps them): read them there,
+    # without a host sync, unless they are on the CPU (interpreter)
+    on_dev = capturable or _host.on_device(steps)
+    if on_dev:
+        eta = stack_scalars(etas)
+        if not capturable:  # the for-loop's 1 - lambd * eta.item(), in double
+            eta = eta.to(torch.float64)
+        columns = [1 - lambd * eta, -eta, stack_scalars(mus)]
     else:
         eta_vals = [e.item() for e in etas]
-        decay = [1 - lambd * e for e in eta_vals]
-        mu_vals = [m.item() for m in mus]
+        columns = [[1 - lambd * e for e in eta_vals], [-e for e in eta_vals], [m.item() for m in mus]]
     launch(
         _asgd_kernel, [params, grads, state["ax"]], written=(0, 1, 2),
-        group_scalars=[value(group["weight_decay"], ref)],
-        columns=[decay, [-e for e in eta_vals], mu_vals],
+        group_scalars=[value(group["weight_decay"], ref)], columns=columns,
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
-    if found_inf is not None and not capturable and float(found_inf) != 0:
-        return
-    commit_steps(steps, found_inf)
-    # eta and mu after this step, from the shared scalar functions (as the for-loop)
-    for eta, mu, s in zip(etas, mus, steps):
-        if capturable:
-            new_eta, new_mu = asgd_eta(lr, lambd, alpha, s), asgd_mu(t0, s)
-            if found_inf is not None:  # skipped step: keep the old values
-                keep = found_inf.to(eta.device) != 0
-                new_eta, new_mu = torch.where(keep, eta, new_eta), torch.where(keep, mu, new_mu)
+    if not on_dev:
+        if found_inf is not None and float(found_inf) != 0:
+            return
+        commit_steps(steps, found_inf)
+        for eta, mu, s in zip(etas, mus, steps):
+            new_eta, new_mu = asgd_next(lr, lambd, alpha, t0, float(s))
             eta.copy_(new_eta)
             mu.copy_(new_mu)
-        else:
-            step = float(s)
-            eta.copy_(torch.as_tensor(asgd_eta(lr, lambd, alpha, step)))
-            mu.copy_(torch.as_tensor(asgd_mu(t0, step)))
+        return
+    commit_steps(steps, found_inf)
+    # eta and mu after this step, from the shared scalar functions, vectorised over the
+    # step counters: in their dtype when capturable (as the capturable for-loop), else in
+    # double (as the for-loop on Python floats)
+    s = stack_scalars(steps)
+    if not capturable:
+        s = s.to(torch.float64)
+    new_eta, new_mu = asgd_eta(lr, lambd, alpha, s), asgd_mu(t0, s)
+    if not capturable:  # stored as asgd_next stores them: rounded as torch.as_tensor rounds
+        new_eta = new_eta.to(lr.dtype if isinstance(lr, torch.Tensor) else torch.get_default_dtype())
+        new_mu = new_mu.to(torch.get_default_dtype())
+    if found_inf is not None:  # skipped step: keep the old values
+        keep = found_inf.to(s.device) != 0
+        new_eta = torch.where(keep, stack_scalars(etas), new_eta)
+        new_mu = torch.where(keep, stack_scalars(mus), new_mu)
+    torch._foreach_copy_(etas, list(new_eta.to(etas[0].dtype).unbind()))
+    torch._foreach_copy_(mus, list(new_mu.to(mus[0].dtype).unbind()))
 
 
 @triton.jit
