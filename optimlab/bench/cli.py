@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 
 import optimlab
+from optimlab import _measured
+from optimlab import selfcheck as _selfcheck
 
 from . import defaults as _defaults
 from .defaults import best_backends, best_by_size  # noqa: F401  (re-exported)
@@ -116,9 +119,11 @@ def parse(argv=None):
     ap.add_argument("--out", default="bench-results",
                     help="folder for results.json, results.csv, results.jsonl, results.png")
     ap.add_argument("--no-plot", action="store_true", help="skip results.png (it needs matplotlib)")
-    ap.add_argument("--update-defaults", action="store_true",
-                    help=f"write the fastest optimlab backend per optimizer, dtype and size class to "
-                         f"{DEFAULTS_FILE.name}")
+    ap.add_argument("--update-defaults", nargs="?", const="", metavar="FILE",
+                    help="once the device passes `python -m optimlab.selfcheck --quick`, write the fastest "
+                         "optimlab backend per optimizer, dtype and size class to this machine's table "
+                         "(in the user's cache, per device and torch/Triton version; the dispatcher reads "
+                         "it first), or to FILE (the project's table: optimlab/_defaults.json)")
     args = ap.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -241,6 +246,19 @@ def _command(argv=None) -> str:
     return "python -m optimlab.bench " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
 
 
+def selfcheck_failure(device: torch.device, optimizers) -> str | None:
+    """None if every backend of ``device`` passes the quick selfcheck (in a fresh process:
+    the CPU check interprets Triton's kernels), else its verdict line: a backend that
+    is not right on this device must not become its default."""
+    _say(f"checking every backend on {device.type} before adopting measured defaults "
+         "(python -m optimlab.selfcheck --quick)")
+    names = [n for n in optimizers if n in _selfcheck.CONFIGS]
+    proc = subprocess.run([sys.executable, "-m", "optimlab.selfcheck", "--device", device.type, "--quick",
+                           "--optimizers", ",".join(names)], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines() or [proc.stderr.strip()]
+    return None if proc.returncode == 0 else lines[-1]
+
+
 def update_defaults(rows, args, copy_gbps, path: Path = DEFAULTS_FILE, command: str | None = None) -> dict:
     command = command or _command()
     entry = _defaults.update_defaults(rows, args.device.type, device_name(args.device), command, copy_gbps, path)
@@ -297,8 +315,14 @@ def main(argv=None) -> int:
         title = f"optimizer step, {device}; torch {torch.__version__}; optimlab {optimlab.__version__}"
         if plot(rows, out / "results.png", copy_gbps, title):
             wrote.append("results.png")
-    if args.update_defaults:
-        update_defaults(rows, args, copy_gbps, command=command)
-        print(f"updated {DEFAULTS_FILE}")
+    if args.update_defaults is not None:
+        path = Path(args.update_defaults) if args.update_defaults else _measured.user_table_path(args.device)
+        failed = selfcheck_failure(args.device, args.optimizers)
+        if failed:
+            _say(f"the measured defaults were not written: {failed}")
+            return 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        update_defaults(rows, args, copy_gbps, path=path, command=command)
+        print(f"updated {path}")
     print(f"wrote {out}/" + ", ".join(wrote))
     return 0

@@ -34,16 +34,10 @@ from pathlib import Path
 
 import optimlab
 
-from .measure import OURS, Row, _bucket
+from .._measured import SIZE_CLASS_RULE, _bucket, lookup  # noqa: F401  (lookup: the dispatcher's)
+from .measure import OURS, Row
 
 FORMAT = 2
-SIZE_CLASS_RULE = (
-    "t{i}-n{j} with i = (tensors.bit_length() - 1) // 3 and j = ((numel // tensors).bit_length() - 1) // 3, "
-    "where tensors is the number of params (with grads) in the param group and numel their total "
-    "element count: powers-of-8 buckets, 8**i <= tensors < 8**(i+1). Look up by_size[algorithm][dtype]"
-    "[class]; if absent, take the entry minimising |tensors_bucket - i| + |numel_bucket - j| (ties: the "
-    "smaller key); if by_size has no entry for the algorithm and dtype, use choices[algorithm][dtype]."
-)
 
 
 def _explicit(row: Row) -> str | None:
@@ -139,20 +133,3 @@ def update_defaults(rows: list[Row], device_type: str, device: str, command: str
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     return table[device_type]
 
-
-def lookup(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> str | None:
-    """The backend a device's table (``table[device_type]``) measured fastest for a param group
-    of ``tensors`` params holding ``numel`` elements: the reference for the dispatcher.
-
-    Exact size class, else the nearest measured class (bucket distance, ties: smaller key),
-    else the flat ``choices``; None when the table has nothing for the algorithm and dtype."""
-    classes = entry.get("by_size", {}).get(algorithm, {}).get(dtype, {})
-    if classes:
-        tensors = max(1, tensors)
-        i, j = _bucket(tensors), _bucket(numel // tensors)
-        hit = classes.get(f"t{i}-n{j}")
-        if hit is None:
-            _, hit = min(classes.items(), key=lambda kv: (
-                abs(kv[1]["tensors_bucket"] - i) + abs(kv[1]["numel_bucket"] - j), kv[0]))
-        return hit["backend"]
-    return entry.get("choices", {}).get(algorithm, {}).get(dtype)

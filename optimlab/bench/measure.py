@@ -34,6 +34,7 @@ import torch
 
 import optimlab
 from optimlab import _dispatch
+from optimlab._measured import _bucket
 
 OURS = ("forloop", "foreach", "triton", "cpp")
 THEIRS = ("forloop", "foreach", "fused", "compile")
@@ -55,8 +56,6 @@ def size_class(tensors: int, params: int) -> str:
     return f"t{_bucket(tensors)}-n{_bucket(params // tensors)}"
 
 
-def _bucket(x: int) -> int:
-    return (max(1, int(x)).bit_length() - 1) // 3
 
 
 @dataclass

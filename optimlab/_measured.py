@@ -1,0 +1,136 @@
+"""Measured default backends: which table decides for a device, and its lookup by size class.
+
+Two tables; the first that has an entry for the device decides:
+
+1. **this machine's table**, written by ``python -m optimlab.bench --update-defaults`` after
+   the device passed ``python -m optimlab.selfcheck``: one file per device in the user's
+   cache (``$OPTIMLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/optimlab`` or
+   ``~/.cache/optimlab``), ``defaults/<device>-torch<version>-triton<version>.json``, so a
+   new GPU, torch or Triton is measured anew;
+2. **the committed table**, ``optimlab/_defaults.json``, measured by the project. A CPU
+   uses its ``cpu`` entry whatever the CPU; a CUDA device only an entry measured on a
+   device of the same name (the Triton kernels win or lose by GPU).
+
+Each table entry is keyed by algorithm, dtype and *size class* (powers of 8 of a param
+group's tensor count and mean tensor size, ``t{i}-n{j}``): a group uses its own class,
+else the nearest one measured, else the entry's flat ``choices``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["COMMITTED", "device_name", "lookup", "measured_choice", "size_class", "table_for",
+           "user_table_path"]
+
+COMMITTED = Path(__file__).with_name("_defaults.json")
+SIZE_CLASS_RULE = (
+    "t{i}-n{j} with i = (tensors.bit_length() - 1) // 3 and j = ((numel // tensors).bit_length() - 1) // 3, "
+    "where tensors is the number of params (with grads) in the param group and numel their total "
+    "element count: powers-of-8 buckets, 8**i <= tensors < 8**(i+1). Look up by_size[algorithm][dtype]"
+    "[class]; if absent, take the entry minimising |tensors_bucket - i| + |numel_bucket - j| (ties: the "
+    "smaller key); if by_size has no entry for the algorithm and dtype, use choices[algorithm][dtype]."
+)
+
+
+def _bucket(x: int) -> int:
+    return (max(1, int(x)).bit_length() - 1) // 3
+
+
+def size_class(tensors: int, numel: int) -> tuple[int, int]:
+    """The (tensor count, mean tensor size) buckets of a param group: powers of 8."""
+    tensors = max(1, tensors)
+    return _bucket(tensors), _bucket(numel // tensors)
+
+
+def lookup(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> str | None:
+    """The backend ``entry`` (one device's table) measured fastest for a group of ``tensors``
+    params holding ``numel`` elements: its size class, else the nearest measured class
+    (bucket distance, ties: the smaller key), else the flat ``choices``; None if nothing."""
+    classes = entry.get("by_size", {}).get(algorithm, {}).get(dtype, {})
+    if classes:
+        i, j = size_class(tensors, numel)
+        hit = classes.get(f"t{i}-n{j}")
+        if hit is None:
+            _, hit = min(classes.items(), key=lambda kv: (
+                abs(kv[1]["tensors_bucket"] - i) + abs(kv[1]["numel_bucket"] - j), kv[0]))
+        return hit["backend"]
+    return entry.get("choices", {}).get(algorithm, {}).get(dtype)
+
+
+def device_name(device: torch.device) -> str:
+    """What a table is keyed by: the GPU's name, or the CPU's model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return model
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _cache_root() -> Path:
+    if os.environ.get("OPTIMLAB_CACHE_DIR"):
+        return Path(os.environ["OPTIMLAB_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "optimlab"
+
+
+def user_table_path(device: torch.device) -> Path:
+    """This machine's table for ``device`` (torch and Triton versions in the name)."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", device_name(device)).strip("-").lower()
+    torch_version = torch.__version__.split("+")[0]
+    return _cache_root() / "defaults" / f"{device.type}-{slug}-torch{torch_version}-triton{_version('triton')}.json"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@functools.cache
+def table_for(device_type: str, index: int | None = None) -> tuple[dict, str]:
+    """(the table entry that decides for this device, where it comes from); ({}, "") if none."""
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    path = user_table_path(device)
+    entry = _read(path).get(device_type, {})
+    if entry:
+        return entry, f"measured on this machine ({path})"
+    entry = _read(COMMITTED).get(device_type, {})
+    if entry and (device_type == "cpu" or entry.get("device") == device_name(device)):
+        return entry, f"measured on {entry.get('device', device_type)} (optimlab's table)"
+    return {}, ""
+
+
+def measured_choice(algorithm: str, params: list, dtype: torch.dtype | None) -> tuple[str, str] | None:
+    """(backend, why) from the table that decides for the params' device, or None."""
+    if not params:
+        return None
+    device = params[0].device
+    entry, source = table_for(device.type, device.index if device.type == "cuda" else None)
+    if not entry:
+        return None
+    tensors = len(params)
+    numel = sum(p.numel() for p in params)
+    name = lookup(entry, algorithm, str(dtype).removeprefix("torch."), tensors, numel)
+    return (name, source) if name else None
