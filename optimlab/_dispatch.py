@@ -27,6 +27,9 @@ from typing import Callable
 
 import torch
 
+from . import _measured
+from ._compat import assume_constant_result
+
 BACKENDS = ("forloop", "foreach", "triton", "cpp")
 ENV_VAR = "OPTIMLAB_BACKEND"
 
@@ -163,11 +166,21 @@ def measured_defaults() -> dict:
         return {}
 
 
-def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None) -> BackendChoice:
-    entry = measured_defaults().get(device_type, {})
-    measured = entry.get("choices", {}).get(algorithm, {}).get(str(dtype).removeprefix("torch."))
+# Under torch.compile dynamo does not trace this (it reads a file and may check whether a
+# fused backend can run, building it): it calls it eagerly and uses the answer as a constant.
+@assume_constant_result
+def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None,
+             index: int | None = None, tensors: int = 1, numel: int = 1) -> BackendChoice:
+    # this machine's table for the device, else the committed one (see optimlab/_measured.py)
+    entry, path = _measured.user_table(device_type, index)
+    source = f" (this machine's table, {path})"
+    if not entry:
+        entry, source = measured_defaults().get(device_type, {}), ""
+        if not _measured.committed_applies(entry, device_type, index):
+            entry = {}
+    measured = _measured.lookup(entry, algorithm, str(dtype).removeprefix("torch."), tensors, numel)
     if measured is not None and _unavailable(algorithm, measured) is None:
-        return BackendChoice(measured, f"measured fastest on {entry.get('device', device_type)}")
+        return BackendChoice(measured, f"measured fastest on {entry.get('device', device_type)}{source}")
     order = DEFAULT_PREFERENCE.get(device_type, ("foreach", "forloop"))
     skipped = []
     for name in order:
@@ -217,7 +230,9 @@ def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendC
         flag = "foreach" if foreach is False else "fused"
         return BackendChoice("forloop", f"{flag}=False")
     requested = env_backend()
-    default = _default(algorithm, device_type, params[0].dtype if params else None)
+    default = _default(algorithm, device_type, params[0].dtype if params else None,
+                       params[0].device.index if params else None, len(params),
+                       sum(p.numel() for p in params))
     if requested is not None:
         why = _unavailable(algorithm, requested)
         if why is None:

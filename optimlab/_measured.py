@@ -3,10 +3,10 @@
 Two tables; the first that has an entry for the device decides:
 
 1. **this machine's table**, written by ``python -m optimlab.bench --update-defaults`` after
-   the device passed ``python -m optimlab.selfcheck``: one file per device in the user's
-   cache (``$OPTIMLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/optimlab`` or
-   ``~/.cache/optimlab``), ``defaults/<device>-torch<version>-triton<version>.json``, so a
-   new GPU, torch or Triton is measured anew;
+   the device passed ``python -m optimlab.selfcheck``: one file per device,
+   ``<device>-torch<version>-triton<version>.json`` (so a new GPU, torch or Triton is
+   measured anew) in ``$OPTIMLAB_DEFAULTS_DIR``, else in ``defaults/`` of the user's cache
+   (``$OPTIMLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/optimlab`` or ``~/.cache/optimlab``);
 2. **the committed table**, ``optimlab/_defaults.json``, measured by the project. A CPU
    uses its ``cpu`` entry whatever the CPU; a CUDA device only an entry measured on a
    device of the same name (the Triton kernels win or lose by GPU).
@@ -28,10 +28,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["COMMITTED", "device_name", "lookup", "measured_choice", "size_class", "table_for",
-           "user_table_path"]
-
-COMMITTED = Path(__file__).with_name("_defaults.json")
+__all__ = ["committed_applies", "device_name", "lookup", "size_class", "user_table", "user_table_path"]
 SIZE_CLASS_RULE = (
     "t{i}-n{j} with i = (tensors.bit_length() - 1) // 3 and j = ((numel // tensors).bit_length() - 1) // 3, "
     "where tensors is the number of params (with grads) in the param group and numel their total "
@@ -87,18 +84,21 @@ def _version(dist: str) -> str:
         return "none"
 
 
-def _cache_root() -> Path:
+def _tables_dir() -> Path:
+    """``$OPTIMLAB_DEFAULTS_DIR``, else ``defaults/`` in optimlab's cache directory."""
+    if os.environ.get("OPTIMLAB_DEFAULTS_DIR"):
+        return Path(os.environ["OPTIMLAB_DEFAULTS_DIR"])
     if os.environ.get("OPTIMLAB_CACHE_DIR"):
-        return Path(os.environ["OPTIMLAB_CACHE_DIR"])
+        return Path(os.environ["OPTIMLAB_CACHE_DIR"]) / "defaults"
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "optimlab"
+    return Path(xdg) / "optimlab" / "defaults"
 
 
 def user_table_path(device: torch.device) -> Path:
     """This machine's table for ``device`` (torch and Triton versions in the name)."""
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", device_name(device)).strip("-").lower()
     torch_version = torch.__version__.split("+")[0]
-    return _cache_root() / "defaults" / f"{device.type}-{slug}-torch{torch_version}-triton{_version('triton')}.json"
+    return _tables_dir() / f"{device.type}-{slug}-torch{torch_version}-triton{_version('triton')}.json"
 
 
 def _read(path: Path) -> dict:
@@ -109,28 +109,27 @@ def _read(path: Path) -> dict:
 
 
 @functools.cache
-def table_for(device_type: str, index: int | None = None) -> tuple[dict, str]:
-    """(the table entry that decides for this device, where it comes from); ({}, "") if none."""
+def user_table(device_type: str, index: int | None = None) -> tuple[dict, str]:
+    """(this machine's table entry for the device, its path); ({}, "") if there is none."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return {}, ""
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     path = user_table_path(device)
-    entry = _read(path).get(device_type, {})
-    if entry:
-        return entry, f"measured on this machine ({path})"
-    entry = _read(COMMITTED).get(device_type, {})
-    if entry and (device_type == "cpu" or entry.get("device") == device_name(device)):
-        return entry, f"measured on {entry.get('device', device_type)} (optimlab's table)"
-    return {}, ""
+    try:
+        entry = json.loads(path.read_text()).get(device_type, {})
+    except (OSError, ValueError):
+        return {}, ""
+    return (entry, str(path)) if entry else ({}, "")
 
 
-def measured_choice(algorithm: str, params: list, dtype: torch.dtype | None) -> tuple[str, str] | None:
-    """(backend, why) from the table that decides for the params' device, or None."""
-    if not params:
-        return None
-    device = params[0].device
-    entry, source = table_for(device.type, device.index if device.type == "cuda" else None)
+def committed_applies(entry: dict, device_type: str, index: int | None = None) -> bool:
+    """Whether the committed table's entry speaks for this device: any CPU; a GPU of the
+    name it was measured on."""
     if not entry:
-        return None
-    tensors = len(params)
-    numel = sum(p.numel() for p in params)
-    name = lookup(entry, algorithm, str(dtype).removeprefix("torch."), tensors, numel)
-    return (name, source) if name else None
+        return False
+    if device_type != "cuda":
+        return True
+    if not torch.cuda.is_available():
+        return False
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    return entry.get("device") == device_name(device)

@@ -36,6 +36,7 @@ from ._compat import (
     _get_scalar_dtype,
     _get_value,
     _to_scalar,
+    assume_constant_result,
     disable_dynamo,
     graph_break,
     required,
@@ -68,13 +69,18 @@ def _local(t):
     return t._local_tensor if _is_dtensor(t) else t
 
 
-@functools.cache
+_DTENSOR: list = []  # [torch.distributed.tensor.DTensor, or None], once looked up
+
+
+@assume_constant_result  # under torch.compile: looked up eagerly, a constant
 def _dtensor_class() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return None
-    return DTensor
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:  # torch built without distributed
+            DTensor = None
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0]
 
 
 def _is_dtensor(t) -> bool:
@@ -88,13 +94,25 @@ def _any_dtensor(tensors) -> bool:
     return cls is not None and any(issubclass(c, cls) for c in set(map(type, tensors)))
 
 
-@disable_dynamo  # a fused kernel launch is a graph break under torch.compile
-def _fused_update(update, group, params, grads, states, grad_scale, found_inf, elementwise):
+def _fused_update(update, group, params, grads, states, grad_scale, found_inf, elementwise,
+                  untraced=False):
+    # An update marked ``traceable`` (cpp: one torch.library operator call per group,
+    # optimlab/kernels/ops.py) runs inside the compiled region: under torch.compile its
+    # operator is in the graph. Any other fused update (triton: kernel launches dynamo does
+    # not trace) runs behind torch.compiler.disable: a graph break, the kernel runs eagerly.
+    if not untraced and not getattr(update, "traceable", False):
+        _fused_update_untraced(update, group, params, grads, states, grad_scale, found_inf,
+                               elementwise, True)
+        return
     # Elementwise kernels update each DTensor's local shard in place (FSDP2 params are
     # sharded DTensors; the update needs no communication). Row/column reductions
     # (Adafactor) and matrix functions (Muon) need the whole tensor: no shortcut there.
     if not elementwise or not _any_dtensor(params):
         update(group, params, grads, states, grad_scale=grad_scale, found_inf=found_inf)
+        return
+    if not untraced and torch.compiler.is_compiling():  # local shards are taken eagerly
+        _fused_update_untraced(update, group, params, grads, states, grad_scale, found_inf,
+                               elementwise, True)
         return
     local = {k: [_local(t) for t in v] for k, v in states.items()}
     update(group, [_local(t) for t in params], [_local(t) for t in grads], local,
@@ -107,6 +125,9 @@ def _fused_update(update, group, params, grads, states, grad_scale, found_inf, e
                     new = type(p).from_local(new, p.device_mesh, p.placements,
                                              shape=p.shape, stride=p.stride())
                 states[k][i] = new
+
+
+_fused_update_untraced = disable_dynamo(_fused_update)
 
 
 class _Work(NamedTuple):
@@ -292,10 +313,24 @@ class Optimizer(torch.optim.Optimizer):
         if self.fused_sparse_error is not None and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self.fused_sparse_error)
 
+    def _init_group(self, group: dict) -> None:
+        """Create the missing state of ``group``'s params that have grads (what ``_gather``
+        does lazily). Called under ``torch.compile`` only: dynamo runs a method of this name
+        of a ``torch.optim.Optimizer`` eagerly instead of tracing it, as for torch.optim's
+        own (torch/_dynamo/variables/optimizer.py), so the first compiled step already sees
+        the state it will keep, and the second does not recompile."""
+        for p in group["params"]:
+            if p.grad is not None and not self.state.get(p):
+                p_state = self._init_state(group, p)
+                if p_state:  # torch leaves ``state[p]`` absent when there is nothing to keep
+                    self.state[p].update(p_state)
+
     def _gather(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice) -> _Work:
         """Create missing state, and gather ``{state_key: [tensor per param]}`` (complex
         params, grads and state as real views). Raises, before any update, for state a
         checkpoint of another optimizer left incomplete."""
+        if torch.compiler.is_compiling():
+            self._init_group(group)  # dynamo runs it eagerly: see _init_group
         per_param = []
         for p in params:
             p_state = self.state.get(p)

@@ -16,8 +16,13 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _no_backend_override(monkeypatch):
-    """Tests choose backends explicitly; a developer's OPTIMLAB_BACKEND must not leak in."""
+    """Tests choose backends explicitly; a developer's OPTIMLAB_BACKEND, or a table of measured
+    defaults in their cache (python -m optimlab.bench --update-defaults), must not leak in."""
     monkeypatch.delenv("OPTIMLAB_BACKEND", raising=False)
+    monkeypatch.setenv("OPTIMLAB_DEFAULTS_DIR", os.path.join(os.path.dirname(__file__), "no-such-dir"))
+    from optimlab import _measured
+
+    _measured.user_table.cache_clear()
 
 
 def pytest_sessionstart(session):

@@ -303,13 +303,14 @@ def test_one_preset_does_not_decide_for_every_size(tmp_path, monkeypatch):
                          _row("Adam", "optimlab-cpp", 64, 64 << 16, 4.0)], args, 10.0, path=path)
     classes = json.loads(path.read_text())["cpu"]["by_size"]["adam"]["float32"]
     assert {k: v["backend"] for k, v in classes.items()} == {"t4-n2": "foreach", "t2-n5": "forloop"}
-    # the dispatcher as it is today still reads the flat table of the new layout
+    # the dispatcher reads the table by size class
     monkeypatch.setattr(_dispatch, "DEFAULTS_FILE", path)
     _dispatch.measured_defaults.cache_clear()
     try:
-        choice = _dispatch._default("adam", "cpu", torch.float32)
-        assert choice.reason.startswith("measured fastest on")
-        assert choice.name == json.loads(path.read_text())["cpu"]["choices"]["adam"]["float32"]
+        many_small = _dispatch._default("adam", "cpu", torch.float32, None, 4096, 4096 * 256)
+        few_large = _dispatch._default("adam", "cpu", torch.float32, None, 64, 64 << 16)
+        assert many_small.reason.startswith("measured fastest on")
+        assert (many_small.name, few_large.name) == ("foreach", "forloop")
     finally:
         _dispatch.measured_defaults.cache_clear()
 

@@ -7,8 +7,13 @@
   one case also through the default inductor backend); and ``opt.step()`` alone traces
   to a single graph (``fullgraph=True``), except where a graph break is documented in
   docs/support-matrix.md.
-* cpp and triton: fused updates run under ``torch.compiler.disable``: a documented graph
-  break (the kernel runs eagerly); the compiled step still gives the eager numbers.
+* cpp: each fused kernel is a ``torch.library`` operator (``optimlab::<algorithm>_``,
+  optimlab/kernels/ops.py), so a compiled step holds it in the graph: ``opt.step()``
+  traces to a single graph, and the compiled step gives the eager numbers (the operator
+  computes its step-dependent scalars from the step counters when it runs). More in
+  tests/test_fused_ops.py (every optimizer, compile counts against torch.optim's).
+* triton: fused updates run under ``torch.compiler.disable``: a documented graph break
+  (the kernel runs eagerly); the compiled step still gives the eager numbers.
 
 Params are float64 and have no 0-dim tensor: torch 2.13's compiled SGD with momentum
 mis-updates 0-dim params (torch.optim's own SGD too; see docs/support-matrix.md).
@@ -154,6 +159,12 @@ def _fused_cases():
                 yield pytest.param(spec, backend, id=f"{spec.name}-{backend}")
 
 
+# fused backend -> why a compiled step is not one graph (still correct: the test above)
+FUSED_GRAPH_BREAKS = {
+    "triton": "kernel launches run behind torch.compiler.disable (optimizer._fused_update)",
+}
+
+
 @pytest.mark.parametrize("spec,backend", _fused_cases())
 def test_fused_backend_in_compiled_step(spec, backend, monkeypatch):
     why = optimlab._dispatch._unavailable(spec.ours_cls.algorithm, backend)
@@ -163,5 +174,26 @@ def test_fused_backend_in_compiled_step(spec, backend, monkeypatch):
     opt, compiled = _train(spec, {}, "aot_eager")
     assert {c.name for c in opt.backends()} == {backend}
     _, eager = _train(spec, {})
-    # a graph break: the kernel runs eagerly, on the eager scalars
+    # cpp: the operator in the graph computes the eager scalars when it runs; triton: a
+    # graph break, the kernel runs eagerly on the eager scalars
     _assert_histories(compiled, eager, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("spec,backend", _fused_cases())
+def test_fused_step_is_one_graph(spec, backend, monkeypatch):
+    why = optimlab._dispatch._unavailable(spec.ours_cls.algorithm, backend)
+    if why:
+        pytest.skip(why)
+    if backend in FUSED_GRAPH_BREAKS:  # (explain does not count a torch.compiler.disable call)
+        pytest.skip(f"documented graph break: {FUSED_GRAPH_BREAKS[backend]}")
+    if spec.name in GRAPH_BREAKS:
+        pytest.skip(f"documented graph break: {GRAPH_BREAKS[spec.name]}")
+    monkeypatch.setenv("OPTIMLAB_BACKEND", backend)
+    params = _params(spec)
+    opt = spec.ours_cls(params, **CASES[spec.name])
+    loss_fn("dense", params).backward()
+    explanation = torch._dynamo.explain(opt.step)()
+    assert explanation.graph_break_count == 0, [str(b.reason)[:300] for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+    graphs = [str(n.target) for g in explanation.graphs for n in g.graph.nodes]
+    assert f"optimlab.{spec.ours_cls.algorithm}_.default" in graphs

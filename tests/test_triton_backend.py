@@ -263,7 +263,7 @@ def test_tensor_path_scalars_match_host(monkeypatch, triton_env):
 
 # ---- selection, availability, fallback ---------------------------------------------------
 def _cuda_like():
-    return [types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)]
+    return [types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32, numel=lambda: 4)]
 
 
 def _measured_triton():
@@ -277,7 +277,13 @@ def test_selection(monkeypatch):
     # triton: the kernels have not run on a GPU yet
     assert _dispatch.resolve("adam", {}, _cuda_like()).name == "foreach"
     monkeypatch.setattr(_dispatch, "measured_defaults", _measured_triton)
+    # (a committed CUDA entry speaks only for a GPU of the name it was measured on)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_dispatch._measured, "device_name", lambda device: "a GPU")
     assert _dispatch.resolve("adam", {}, _cuda_like()).name == "triton"
+    monkeypatch.setattr(_dispatch._measured, "device_name", lambda device: "another GPU")
+    assert _dispatch.resolve("adam", {}, _cuda_like()).name == "foreach"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
     p = torch.nn.Parameter(torch.randn(3))
     assert optimlab.Adam([p]).backends()[0].name == "triton"

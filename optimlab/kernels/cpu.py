@@ -7,6 +7,13 @@ Python function (``adam_scalars``, ``nadam_scalars``, ``radam_scalars``,
 ``adagrad_clr``, ``adamax_bias_correction``, ``asgd_eta``/``asgd_mu`` (stored as
 ``asgd_next`` rounds them)), exactly as the for-loop backend computes it.
 
+Each kernel is a torch operator, ``torch.ops.optimlab.<algorithm>_`` (defined in
+``ops.py``). This module holds both sides of it: the updates registered with the
+dispatcher (``_adam_cpp``, ...: the fallbacks, then the group's tensors and
+hyperparameters handed to the operator; what ``torch.compile`` traces and ``make_fx``
+records) and the operators' CPU implementations (``_adam_impl``, ...: step counters,
+host scalars, the C++ call; what runs when the step or the compiled graph runs).
+
 Building: the extension is compiled on first use with
 ``torch.utils.cpp_extension.load`` into ``$OPTIMLAB_CACHE_DIR`` (default:
 ``$TORCH_EXTENSIONS_DIR/optimlab``, else ``$XDG_CACHE_HOME/optimlab`` or
@@ -41,7 +48,9 @@ import torch
 from torch import Tensor
 
 from .. import _dispatch
+from .._compat import assume_constant_result
 from ..optimizer import _get_value, _to_scalar
+from . import ops
 
 __all__ = ["availability", "build_directory", "load", "capability"]
 
@@ -218,8 +227,16 @@ def _tail(message: str, lines: int = 3) -> str:
     return " / ".join(kept)
 
 
+@assume_constant_result
 def availability() -> str | None:
-    """None if the cpp backend can run here, else why not (the build is attempted once)."""
+    """None if the cpp backend can run here, else why not (the build is attempted once).
+
+    Decided once per process, at plan time (the dispatcher asks when it resolves a param
+    group's backend), and cached. Under ``torch.compile`` dynamo does not trace this: it
+    calls it eagerly and keeps the answer as a constant, so no compiled region contains
+    the loader, and the build happens outside it (at the first eager step, ``backends()``
+    or ``python -m optimlab.kernels``; or, if the very first step is a compiled one, once
+    while dynamo traces it)."""
     global _checked, _unavailable_reason
     if not _checked:
         try:
@@ -243,14 +260,16 @@ def check_group(algorithm: str, group: dict, params: list) -> None:
     dtype the kernels do not take is refused with an error naming the parameter. (torch's
     for-loop has no CPU kernels for those dtypes either: float8 params fail in its lerp/add.)
     Non-CPU tensors and sparse grads are not refused: they run on the for-loop/foreach."""
-    if not params or _DTYPES.issuperset(map(_DTYPE, params)):  # one C-level pass, usual case
-        return
-    i = next(i for i, p in enumerate(params) if p.dtype not in _DTYPES)
-    raise RuntimeError(
-        f"optimlab {algorithm} (cpp backend): {_dispatch.param_name(group, i)} has dtype "
-        f"{params[i].dtype}; the cpp backend supports float16, bfloat16, float32 and float64 "
-        "(complex params are updated as real views)"
-    )
+    # (dynamo traces this under torch.compile: a plain loop there, it cannot trace attrgetter)
+    if not params or (not torch.compiler.is_compiling() and _DTYPES.issuperset(map(_DTYPE, params))):
+        return  # one C-level pass, the usual case
+    for i, p in enumerate(params):
+        if p.dtype not in _DTYPES:
+            raise RuntimeError(
+                f"optimlab {algorithm} (cpp backend): {_dispatch.param_name(group, i)} has dtype "
+                f"{p.dtype}; the cpp backend supports float16, bfloat16, float32 and float64 "
+                "(complex params are updated as real views)"
+            )
 
 
 _dispatch.register_check("cpp", check_group)
@@ -283,7 +302,11 @@ def _skipped(found_inf) -> float:
 
 
 def _fallback_reason(group, params, grads) -> str | None:
-    if group.get("capturable") or group.get("differentiable"):
+    # Under torch.compile dynamo shows every param group of a torch.optim.Optimizer with
+    # capturable=True (torch/_dynamo/variables/optimizer.py, _set_capturable): not the
+    # user's flag. CPU params cannot be capturable in eager (refused when the step is
+    # planned), and on CPU the kernels' host reads of step counters need no device sync.
+    if (group.get("capturable") and not torch.compiler.is_compiling()) or group.get("differentiable"):
         return "capturable/differentiable"
     for g in grads:  # (torch keeps each grad on its param's device)
         if g.is_sparse:
@@ -316,7 +339,7 @@ def _run_elsewhere(algorithm, group, params, grads, state, grad_scale=None, foun
 def _by_dtype(params) -> list:
     """Indices of params per dtype: host scalars are rounded like torch rounds them for that dtype."""
     dtypes = list(map(_DTYPE, params))
-    if dtypes.count(dtypes[0]) == len(dtypes):  # the usual case: one dtype
+    if not dtypes or dtypes.count(dtypes[0]) == len(dtypes):  # the usual case: one dtype
         return [range(len(params))]
     buckets: dict[torch.dtype, list[int]] = {}
     for i, d in enumerate(dtypes):
@@ -326,19 +349,6 @@ def _by_dtype(params) -> list:
 
 def _pick(lst, idx):
     return lst if lst is None or len(idx) == len(lst) else [lst[i] for i in idx]
-
-
-def _steps_begin(ext, steps, found_inf):
-    """``step += 1`` for each counter (also when found_inf: torch's fused steps take the
-    increment back afterwards, see _steps_end); the new values, as ``_get_value`` reads them."""
-    return ext.add_to_scalars(steps, 1.0)
-
-
-def _steps_end(ext, steps, found_inf):
-    """torch's fused contract: a skipped step (found_inf) takes its increment back."""
-    skipped = _skipped(found_inf)
-    if skipped:
-        ext.add_to_scalars(steps, -skipped)
 
 
 def _per_step(fn, values):
@@ -366,200 +376,318 @@ def _increment_undone_on_error(ext, steps):
         raise
 
 
-def _stepped_update(algorithm: str):
-    """Register ``body(ext, group, params, grads, state, steps, grad_scale, found_inf)`` as
-    ``algorithm``'s cpp update, with what every such update shares: the fallbacks
-    (``_run_elsewhere``), ``step += 1`` before the kernel (``steps``: the new values; taken
-    back if the kernel raises) and torch's take-back of a step skipped by ``found_inf``."""
+class _stepping:
+    """``with _stepping(ext, state_steps, found_inf) as steps``: ``step += 1`` for each
+    counter, ``steps`` its new values (as ``_get_value`` reads them); the increment is taken
+    back if the kernel raises (see _increment_undone_on_error), and, torch's fused contract,
+    after a step skipped by ``found_inf``. (A class: cheaper than a generator context.)"""
 
-    def wrap(body):
-        @functools.wraps(body)
+    __slots__ = ("ext", "state_steps", "found_inf")
+
+    def __init__(self, ext, state_steps, found_inf):
+        self.ext, self.state_steps, self.found_inf = ext, state_steps, found_inf
+
+    def __enter__(self) -> list[float]:
+        return self.ext.add_to_scalars(self.state_steps, 1.0)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        skipped = 1.0 if exc_type is not None else _skipped(self.found_inf)
+        if skipped:
+            self.ext.add_to_scalars(self.state_steps, -skipped)
+        return False
+
+
+# ---- the updates: from a param group to one operator call -------------------------------------
+# What runs under torch.compile (traced by dynamo) and make_fx: the fallbacks to the
+# for-loop/foreach, and the operator's arguments read from the group (no host values of
+# tensors, no extension call). Registered as the algorithm's cpp update; ``traceable`` tells
+# the base class to call it inside the compiled region (optimizer._fused_update).
+def _cpp_update(algorithm: str):
+    """Register ``arguments(group, params, grads, state) -> the operator's arguments`` as
+    ``algorithm``'s cpp update: the fallbacks, then ``optimlab::<algorithm>_``."""
+
+    def wrap(arguments):
+        @functools.wraps(arguments)
         def update(group, params, grads, state, grad_scale=None, found_inf=None):
             if _run_elsewhere(algorithm, group, params, grads, state, grad_scale, found_inf):
                 return
-            ext = load()
-            steps = _steps_begin(ext, state["step"], found_inf)
-            with _increment_undone_on_error(ext, state["step"]):
-                body(ext, group, params, grads, state, steps, grad_scale, found_inf)
-            _steps_end(ext, state["step"], found_inf)
+            ops.call(algorithm, arguments(group, params, grads, state), grad_scale, found_inf)
 
+        update.traceable = True
         return _dispatch.register(algorithm, "cpp")(update)
 
     return wrap
 
 
-# ---- the update functions, one per algorithm --------------------------------------------------
-@_stepped_update("adam")
-def _adam_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
-    from ..adam import adam_scalars
-
-    lr = _to_scalar(group["lr"])
-    beta1, beta2 = (_to_scalar(b) for b in group["betas"])
-    wd, amsgrad = group["weight_decay"], group["amsgrad"]
-    scalars = _per_step(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))), steps)
-    for idx in _by_dtype(params):
-        ref = params[idx[0]]
-        ext.adam(
-            _pick(params, idx), _pick(grads, idx), _pick(state["exp_avg"], idx),
-            _pick(state["exp_avg_sq"], idx), _pick(state["max_exp_avg_sq"], idx) if amsgrad else [],
-            *(_pick(list(column), idx) for column in zip(*scalars)),
-            _value(1 - _like(beta1, ref)), _value(_like(beta2, ref)), _value(1 - _like(beta2, ref)),
-            float(group["eps"]), _value(wd), _value(1 - lr * wd),
-            bool(group["decoupled_weight_decay"]), bool(amsgrad), bool(group["maximize"]),
-            grad_scale, found_inf,
-        )
+@_cpp_update("adam")
+def _adam_cpp(group, params, grads, state):
+    beta1, beta2 = group["betas"]
+    amsgrad = bool(group["amsgrad"])
+    return (params, grads, state["exp_avg"], state["exp_avg_sq"],
+            state["max_exp_avg_sq"] if amsgrad else [], state["step"], group["lr"], beta1, beta2,
+            group["weight_decay"], group["eps"], amsgrad, bool(group["maximize"]),
+            bool(group["decoupled_weight_decay"]))
 
 
 @_dispatch.register("sgd", "cpp")
 def _sgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
     if _run_elsewhere("sgd", group, params, grads, state, grad_scale, found_inf):
         return
+    momentum = group["momentum"]
+    bufs, new = [], []
+    if momentum != 0:
+        bufs = state["momentum_buffer"]
+        new = [b is None for b in bufs]
+        if any(new):
+            if _skipped(found_inf):
+                return  # nothing happens, not even the creation of momentum buffers
+            for i, p in enumerate(params):
+                if new[i]:  # torch: the buffer starts as a copy of the (decayed) grad, in the kernel
+                    bufs[i] = torch.empty_like(p, memory_format=torch.preserve_format)
+    ops.call("sgd", (params, grads, bufs, new, group["lr"], group["weight_decay"], momentum,
+                     group["dampening"], bool(group["nesterov"]), bool(group["maximize"])),
+             grad_scale, found_inf)
+
+
+_sgd_cpp.traceable = True
+
+
+@_cpp_update("adagrad")
+def _adagrad_cpp(group, params, grads, state):
+    return (params, grads, state["sum"], state["step"], group["lr"], group["lr_decay"],
+            group["weight_decay"], group["eps"], bool(group["maximize"]))
+
+
+@_cpp_update("adadelta")
+def _adadelta_cpp(group, params, grads, state):
+    return (params, grads, state["square_avg"], state["acc_delta"], state["step"], group["lr"],
+            group["rho"], group["eps"], group["weight_decay"], bool(group["maximize"]))
+
+
+@_cpp_update("adamax")
+def _adamax_cpp(group, params, grads, state):
+    beta1, beta2 = group["betas"]
+    return (params, grads, state["exp_avg"], state["exp_inf"], state["step"], group["lr"], beta1,
+            beta2, group["eps"], group["weight_decay"], bool(group["maximize"]))
+
+
+@_cpp_update("asgd")
+def _asgd_cpp(group, params, grads, state):
+    return (params, grads, state["ax"], state["mu"], state["eta"], state["step"], group["lr"],
+            group["lambd"], group["alpha"], group["t0"], group["weight_decay"], bool(group["maximize"]))
+
+
+@_cpp_update("nadam")
+def _nadam_cpp(group, params, grads, state):
+    beta1, beta2 = group["betas"]
+    return (params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], state["step"],
+            group["lr"], beta1, beta2, group["weight_decay"], group["momentum_decay"], group["eps"],
+            bool(group["decoupled_weight_decay"]), bool(group["maximize"]))
+
+
+@_cpp_update("radam")
+def _radam_cpp(group, params, grads, state):
+    beta1, beta2 = group["betas"]
+    return (params, grads, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"], beta1,
+            beta2, group["weight_decay"], group["eps"], bool(group["decoupled_weight_decay"]),
+            bool(group["maximize"]))
+
+
+@_cpp_update("rmsprop")
+def _rmsprop_cpp(group, params, grads, state):
+    momentum, centered = group["momentum"], bool(group["centered"])
+    return (params, grads, state["square_avg"], state["grad_avg"] if centered else [],
+            state["momentum_buffer"] if momentum > 0 else [], state["step"], group["lr"],
+            group["alpha"], group["eps"], group["weight_decay"], momentum, centered,
+            bool(group["maximize"]))
+
+
+@_cpp_update("rprop")
+def _rprop_cpp(group, params, grads, state):
+    (etaminus, etaplus), (size_min, size_max) = group["etas"], group["step_sizes"]
+    return (params, grads, state["prev"], state["step_size"], state["step"], etaminus, etaplus,
+            size_min, size_max, bool(group["maximize"]))
+
+
+# ---- the operators' CPU implementations: host scalars, then the C++ kernels ----------------------
+# Run eagerly, with real tensors (plain eager steps call them directly, see ops.call; compiled
+# graphs and make_fx replays through the operator): step counters are advanced and read here,
+# and every step-dependent scalar comes from the algorithm's shared scalar function, called
+# with exactly the arguments the for-loop passes (a Tensor lr computes as a Tensor).
+@ops.cpu_impl("adam")
+def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
+               weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale=None,
+               found_inf=None):
+    from ..adam import adam_scalars
+
+    ext = load()
+    lr, beta1, beta2, wd = _to_scalar(lr), _to_scalar(beta1), _to_scalar(beta2), weight_decay
+    with _stepping(ext, state_steps, found_inf) as steps:
+        scalars = _per_step(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))), steps)
+        for idx in _by_dtype(params):
+            ref = params[idx[0]]
+            ext.adam(
+                _pick(params, idx), _pick(grads, idx), _pick(exp_avgs, idx), _pick(exp_avg_sqs, idx),
+                _pick(max_exp_avg_sqs, idx) if amsgrad else [],
+                *(_pick(list(column), idx) for column in zip(*scalars)),
+                _value(1 - _like(beta1, ref)), _value(_like(beta2, ref)), _value(1 - _like(beta2, ref)),
+                float(eps), _value(wd), _value(1 - lr * wd),
+                bool(decoupled_weight_decay), bool(amsgrad), bool(maximize), grad_scale, found_inf,
+            )
+
+
+@ops.cpu_impl("sgd")
+def _sgd_impl(params, grads, momentum_buffers, new_momentum_buffers, lr, weight_decay, momentum,
+              dampening, nesterov, maximize, grad_scale=None, found_inf=None):
     ext = load()
     if _skipped(found_inf):
-        return  # nothing happens, not even the creation of momentum buffers
-    momentum = _value(group["momentum"])
-    bufs = state.get("momentum_buffer")
-    first = []
-    if momentum != 0:
-        for i, p in enumerate(params):
-            first.append(bufs[i] is None)
-            if bufs[i] is None:  # torch: the buffer starts as a copy of the (decayed) grad
-                bufs[i] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return
+    momentum = _value(momentum)
     ext.sgd(
-        *_real(params, grads, bufs if momentum != 0 else []), first,
-        _value(_to_scalar(group["lr"])), _value(group["weight_decay"]), momentum,
-        _value(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]),
-        grad_scale, found_inf,
+        *_real(params, grads, momentum_buffers if momentum != 0 else []),
+        new_momentum_buffers if momentum != 0 else [],
+        _value(_to_scalar(lr)), _value(weight_decay), momentum, _value(dampening), bool(nesterov),
+        bool(maximize), grad_scale, found_inf,
     )
 
 
-@_stepped_update("adagrad")
-def _adagrad_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
+@ops.cpu_impl("adagrad")
+def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+                  grad_scale=None, found_inf=None):
     from ..adagrad import adagrad_clr
 
-    lr, lr_decay = _to_scalar(group["lr"]), group["lr_decay"]
-    clr = _per_step(lambda s: _value(adagrad_clr(lr, lr_decay, s)), steps)
-    ext.adagrad(
-        *_real(params, grads, state["sum"]), clr,
-        _value(group["weight_decay"]), float(group["eps"]), bool(group["maximize"]), grad_scale, found_inf,
-    )
+    ext = load()
+    lr = _to_scalar(lr)
+    with _stepping(ext, state_steps, found_inf) as steps:
+        clr = _per_step(lambda s: _value(adagrad_clr(lr, lr_decay, s)), steps)
+        ext.adagrad(
+            *_real(params, grads, state_sums), clr,
+            _value(weight_decay), float(eps), bool(maximize), grad_scale, found_inf,
+        )
 
 
-@_stepped_update("adadelta")
-def _adadelta_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
-    ext.adadelta(
-        params, grads, state["square_avg"], state["acc_delta"], _value(_to_scalar(group["lr"])),
-        _value(group["rho"]), float(group["eps"]), _value(group["weight_decay"]), bool(group["maximize"]),
-        grad_scale, found_inf,
-    )
+@ops.cpu_impl("adadelta")
+def _adadelta_impl(params, grads, square_avgs, acc_deltas, state_steps, lr, rho, eps, weight_decay,
+                   maximize, grad_scale=None, found_inf=None):
+    ext = load()
+    with _stepping(ext, state_steps, found_inf):
+        ext.adadelta(
+            params, grads, square_avgs, acc_deltas, _value(_to_scalar(lr)), _value(rho), float(eps),
+            _value(weight_decay), bool(maximize), grad_scale, found_inf,
+        )
 
 
-@_stepped_update("adamax")
-def _adamax_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
+@ops.cpu_impl("adamax")
+def _adamax_impl(params, grads, exp_avgs, exp_infs, state_steps, lr, beta1, beta2, eps, weight_decay,
+                 maximize, grad_scale=None, found_inf=None):
     from ..adamax import adamax_bias_correction
 
-    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
-    step_size = _per_step(lambda s: _value(lr / adamax_bias_correction(beta1, s)), steps)
-    ext.adamax(
-        params, grads, state["exp_avg"], state["exp_inf"], step_size, _value(1 - beta1), _value(beta2),
-        float(group["eps"]), _value(group["weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
-    )
+    ext = load()
+    lr = _to_scalar(lr)
+    with _stepping(ext, state_steps, found_inf) as steps:
+        step_size = _per_step(lambda s: _value(lr / adamax_bias_correction(beta1, s)), steps)
+        ext.adamax(
+            params, grads, exp_avgs, exp_infs, step_size, _value(1 - beta1), _value(beta2),
+            float(eps), _value(weight_decay), bool(maximize), grad_scale, found_inf,
+        )
 
 
-@_dispatch.register("asgd", "cpp")
-def _asgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("asgd", group, params, grads, state, grad_scale, found_inf):
-        return
+@ops.cpu_impl("asgd")
+def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0, weight_decay, maximize,
+               grad_scale=None, found_inf=None):
     from ..asgd import asgd_next
 
     ext = load()
     if _skipped(found_inf):
         return
-    lr, lambd, alpha, t0 = _to_scalar(group["lr"]), group["lambd"], group["alpha"], group["t0"]
-    steps = ext.add_to_scalars(state["step"], 1.0)
-    eta = ext.read_scalars(state["eta"])
-    mu = ext.read_scalars(state["mu"])
-    with _increment_undone_on_error(ext, state["step"]):
+    lr = _to_scalar(lr)
+    steps = ext.add_to_scalars(state_steps, 1.0)
+    eta = ext.read_scalars(etas)
+    mu = ext.read_scalars(mus)
+    with _increment_undone_on_error(ext, state_steps):
         ext.asgd(
-            params, grads, state["ax"], eta, mu, _value(lambd), _value(group["weight_decay"]),
-            bool(group["maximize"]), grad_scale, found_inf,
+            params, grads, axs, eta, mu, _value(lambd), _value(weight_decay), bool(maximize),
+            grad_scale, found_inf,
         )
     # the next step's eta and mu as the for-loop stores them: rounded to the default dtype
     # (torch.as_tensor) also when the state is float64 (after load_state_dict, float64 params)
     new = _per_step(lambda s: tuple(map(_value, asgd_next(lr, lambd, alpha, t0, s))), steps)
-    ext.write_scalars(state["eta"], [eta for eta, _ in new])
-    ext.write_scalars(state["mu"], [mu for _, mu in new])
+    ext.write_scalars(etas, [eta for eta, _ in new])
+    ext.write_scalars(mus, [mu for _, mu in new])
 
 
-@_dispatch.register("nadam", "cpp")
-def _nadam_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("nadam", group, params, grads, state, grad_scale, found_inf):
-        return
+@ops.cpu_impl("nadam")
+def _nadam_impl(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, lr, beta1, beta2,
+                weight_decay, momentum_decay, eps, decoupled_weight_decay, maximize, grad_scale=None,
+                found_inf=None):
     from ..nadam import nadam_scalars
 
     ext = load()
     if _skipped(found_inf):
         return  # mu_product advances with the step: a skipped step changes nothing
-    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
-    md, wd = group["momentum_decay"], group["weight_decay"]
-    steps = ext.add_to_scalars(state["step"], 1.0)
-    products = state["mu_product"]
+    lr, wd = _to_scalar(lr), weight_decay
+    steps = ext.add_to_scalars(state_steps, 1.0)
     # nadam_scalars advances mu_product in place; run it once per distinct (step, product) on
     # a scratch copy with the state's dtype, then store the advanced value in every product.
     cache: dict[tuple, tuple] = {}
     scalars, new_products = [], []
-    for s, mp, key_value in zip(steps, products, ext.read_scalars(products)):
+    for s, mp, key_value in zip(steps, mu_products, ext.read_scalars(mu_products)):
         key = (s, key_value, mp.dtype)
         if key not in cache:
             scratch = mp.detach().clone()
-            out = nadam_scalars(lr, beta1, beta2, md, s, scratch)
+            out = nadam_scalars(lr, beta1, beta2, momentum_decay, s, scratch)
             cache[key] = (tuple(map(_value, out)), float(scratch.item()))
         scalars.append(cache[key][0])
         new_products.append(cache[key][1])
-    with _increment_undone_on_error(ext, state["step"]):
+    with _increment_undone_on_error(ext, state_steps):
         ext.nadam(
-            params, grads, state["exp_avg"], state["exp_avg_sq"], [x[0] for x in scalars],
+            params, grads, exp_avgs, exp_avg_sqs, [x[0] for x in scalars],
             [x[1] for x in scalars], [x[2] for x in scalars], _value(1 - beta1), _value(beta2),
-            _value(1 - beta2), float(group["eps"]), _value(wd), _value(1 - lr * wd),
-            bool(group["decoupled_weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
+            _value(1 - beta2), float(eps), _value(wd), _value(1 - lr * wd),
+            bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
         )
-    ext.write_scalars(products, new_products)  # after the kernel: a refused step changes nothing
+    ext.write_scalars(mu_products, new_products)  # after the kernel: a refused step changes nothing
 
 
-@_stepped_update("radam")
-def _radam_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
+@ops.cpu_impl("radam")
+def _radam_impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps,
+                decoupled_weight_decay, maximize, grad_scale=None, found_inf=None):
     from ..radam import radam_scalars
 
-    lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
-    wd = group["weight_decay"]
-    scalars = _per_step(lambda s: tuple(map(_value, radam_scalars(lr, beta1, beta2, s)[:3])), steps)
-    ext.radam(
-        params, grads, state["exp_avg"], state["exp_avg_sq"], [x[0] for x in scalars],
-        [x[1] for x in scalars], [x[2] for x in scalars], _value(lr), _value(1 - beta1), _value(beta2),
-        _value(1 - beta2), float(group["eps"]), _value(wd), _value(1 - lr * wd),
-        bool(group["decoupled_weight_decay"]), bool(group["maximize"]), grad_scale, found_inf,
-    )
+    ext = load()
+    lr, wd = _to_scalar(lr), weight_decay
+    with _stepping(ext, state_steps, found_inf) as steps:
+        scalars = _per_step(lambda s: tuple(map(_value, radam_scalars(lr, beta1, beta2, s)[:3])), steps)
+        ext.radam(
+            params, grads, exp_avgs, exp_avg_sqs, [x[0] for x in scalars],
+            [x[1] for x in scalars], [x[2] for x in scalars], _value(lr), _value(1 - beta1),
+            _value(beta2), _value(1 - beta2), float(eps), _value(wd), _value(1 - lr * wd),
+            bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
+        )
 
 
-@_stepped_update("rmsprop")
-def _rmsprop_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
-    momentum, centered = _value(group["momentum"]), bool(group["centered"])
-    ext.rmsprop(
-        params, grads, state["square_avg"], state["momentum_buffer"] if momentum > 0 else [],
-        state["grad_avg"] if centered else [], _value(_to_scalar(group["lr"])), _value(group["alpha"]),
-        float(group["eps"]), _value(group["weight_decay"]), momentum, centered, bool(group["maximize"]),
-        grad_scale, found_inf,
-    )
+@ops.cpu_impl("rmsprop")
+def _rmsprop_impl(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
+                  weight_decay, momentum, centered, maximize, grad_scale=None, found_inf=None):
+    ext = load()
+    momentum, centered = _value(momentum), bool(centered)
+    with _stepping(ext, state_steps, found_inf):
+        ext.rmsprop(
+            params, grads, square_avgs, momentum_buffers if momentum > 0 else [],
+            grad_avgs if centered else [], _value(_to_scalar(lr)), _value(alpha), float(eps),
+            _value(weight_decay), momentum, centered, bool(maximize), grad_scale, found_inf,
+        )
 
 
-@_stepped_update("rprop")
-def _rprop_cpp(ext, group, params, grads, state, steps, grad_scale, found_inf):
-    etaminus, etaplus = group["etas"]
-    size_min, size_max = group["step_sizes"]
-    ext.rprop(
-        params, grads, state["prev"], state["step_size"], _value(etaminus), _value(etaplus),
-        _value(size_min), _value(size_max), bool(group["maximize"]), grad_scale, found_inf,
-    )
+@ops.cpu_impl("rprop")
+def _rprop_impl(params, grads, prevs, step_sizes, state_steps, etaminus, etaplus, step_size_min,
+                step_size_max, maximize, grad_scale=None, found_inf=None):
+    ext = load()
+    with _stepping(ext, state_steps, found_inf):
+        ext.rprop(
+            params, grads, prevs, step_sizes, _value(etaminus), _value(etaplus), _value(step_size_min),
+            _value(step_size_max), bool(maximize), grad_scale, found_inf,
+        )
 
 
 def _main(argv=None) -> int:
