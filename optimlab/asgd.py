@@ -25,7 +25,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
 from .adadelta import signed_decayed_grads
-from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
+from .optimizer import Optimizer, _any_dtensor, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
 
 __all__ = ["ASGD", "asgd_eta", "asgd_mu", "asgd_next"]
@@ -117,6 +117,9 @@ def _asgd_foreach(group, params, grads, state):
             a, q, m = ([t[i] for i, x in enumerate(averaged) if x == avg] for t in (ax, p, mu))
             if avg:
                 torch._foreach_addcmul_(a, torch._foreach_sub(q, a), m)
+            elif _any_dtensor(a):  # DTensor has no sharding rule for _foreach_copy_
+                for x, y in zip(a, q):
+                    x.copy_(y)
             else:
                 torch._foreach_copy_(a, q)
         if capturable:
