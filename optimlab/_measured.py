@@ -88,10 +88,9 @@ def _tables_dir() -> Path:
     """``$OPTIMLAB_DEFAULTS_DIR``, else ``defaults/`` in optimlab's cache directory."""
     if os.environ.get("OPTIMLAB_DEFAULTS_DIR"):
         return Path(os.environ["OPTIMLAB_DEFAULTS_DIR"])
-    if os.environ.get("OPTIMLAB_CACHE_DIR"):
-        return Path(os.environ["OPTIMLAB_CACHE_DIR"]) / "defaults"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "optimlab" / "defaults"
+    from .kernels.cpu import cache_root  # (imports _dispatch, which imports this module)
+
+    return cache_root() / "defaults"
 
 
 def user_table_path(device: torch.device) -> Path:
