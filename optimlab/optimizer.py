@@ -321,9 +321,16 @@ class Optimizer(torch.optim.Optimizer):
         the state it will keep, and the second does not recompile."""
         for p in group["params"]:
             if p.grad is not None and not self.state.get(p):
-                p_state = self._init_state(group, p)
-                if p_state:  # torch leaves ``state[p]`` absent when there is nothing to keep
-                    self.state[p].update(p_state)
+                self._new_state(group, p)
+
+    def _new_state(self, group: dict, p: Tensor) -> dict:
+        """Create ``p``'s state (``_init_state``); torch leaves ``state[p]`` absent when
+        there is nothing to keep."""
+        p_state = self._init_state(group, p)
+        if not p_state:
+            return {}
+        self.state[p].update(p_state)
+        return self.state[p]
 
     def _gather(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice) -> _Work:
         """Create missing state, and gather ``{state_key: [tensor per param]}`` (complex
@@ -333,13 +340,7 @@ class Optimizer(torch.optim.Optimizer):
             self._init_group(group)  # dynamo runs it eagerly: see _init_group
         per_param = []
         for p in params:
-            p_state = self.state.get(p)
-            if not p_state:
-                p_state = self._init_state(group, p)
-                if p_state:  # torch leaves ``state[p]`` absent when there is nothing to keep
-                    self.state[p].update(p_state)
-                    p_state = self.state[p]
-            per_param.append(p_state or {})
+            per_param.append(self.state.get(p) or self._new_state(group, p))
         owners = list(params)
         grads = [p.grad for p in params]
         # (map with C-level callables: these run per param on every step; Tensor.is_complex()
