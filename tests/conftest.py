@@ -25,6 +25,12 @@ def _no_backend_override(monkeypatch):
     _measured.user_table.cache_clear()
 
 
+@pytest.fixture
+def triton_env(monkeypatch):
+    """Steps run on the triton backend (interpreted on the CPU)."""
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
+
+
 def pytest_sessionstart(session):
     """``OPTIMLAB_REQUIRE_BACKENDS=cpp,triton`` (set by CI): a listed backend that cannot run
     here fails the run at once, instead of its tests being filtered out or skipped, so a

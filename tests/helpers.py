@@ -99,3 +99,10 @@ def checkpoint(opt) -> dict:
 
 def snapshot(opt, params):
     return copy.deepcopy(([p.detach().clone() for p in params], opt.state_dict()))
+
+
+def random_grads(params, seed, scale=1.0):
+    """Reproducible grads for ``params`` (drawn in float64, then in each param's dtype)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale
+            for p in params]

@@ -22,6 +22,7 @@ import optimlab  # noqa: E402
 import optimlab.kernels.triton as ot  # noqa: E402
 from optimlab import _dispatch  # noqa: E402
 from optimlab.kernels.triton import _helpers, _launcher  # noqa: E402
+from helpers import random_grads  # noqa: E402
 
 FUSED = ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adamax", "ASGD", "NAdam",
          "RAdam", "Rprop"]
@@ -40,15 +41,6 @@ KWARGS = {
 }
 
 
-@pytest.fixture
-def triton_env(monkeypatch):
-    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
-
-
-def _grads(params, seed, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale
-            for p in params]
 
 
 def _pair(name, tensors, **extra):
@@ -60,9 +52,9 @@ def _pair(name, tensors, **extra):
 
 
 def _step_both(ours, o_opt, ref, r_opt, seed):
-    for p, g in zip(ours, _grads(ours, seed)):
+    for p, g in zip(ours, random_grads(ours, seed)):
         p.grad = g.clone()
-    for p, g in zip(ref, _grads(ref, seed)):
+    for p, g in zip(ref, random_grads(ref, seed)):
         p.grad = g.clone()
     o_opt.step()
     r_opt.step()
@@ -137,9 +129,9 @@ def test_grad_scale_unscales_in_kernel(name, triton_env):
     ours, o_opt, ref, r_opt = _pair(name, tensors)
     scale = torch.tensor(1024.0)
     for seed in range(2):
-        for p, g in zip(ours, _grads(ours, seed)):
+        for p, g in zip(ours, random_grads(ours, seed)):
             p.grad = g * 1024.0
-        for p, g in zip(ref, _grads(ref, seed)):
+        for p, g in zip(ref, random_grads(ref, seed)):
             p.grad = g
         o_opt.grad_scale, o_opt.found_inf = scale, torch.zeros(())  # as GradScaler sets them
         o_opt.step()
@@ -158,7 +150,7 @@ def test_found_inf_skips_everything(name, triton_env):
     before = ([p.detach().clone() for p in ours],
               {k: {kk: vv.clone() if torch.is_tensor(vv) else vv for kk, vv in v.items()}
                for k, v in o_opt.state_dict()["state"].items()})
-    for p, g in zip(ours, _grads(ours, 5)):
+    for p, g in zip(ours, random_grads(ours, 5)):
         p.grad = g
     o_opt.grad_scale, o_opt.found_inf = torch.tensor(8.0), torch.ones(())
     o_opt.step()
@@ -213,9 +205,9 @@ def test_low_precision_vs_fp32_reference(name, dtype, triton_env):
     o_opt = getattr(optimlab, name)(ours, **KWARGS[name])
     r_opt = getattr(torch.optim, name)(ref, **KWARGS[name], foreach=False)
     for seed in range(3):
-        for p, g in zip(ours, _grads(ours, seed)):
+        for p, g in zip(ours, random_grads(ours, seed)):
             p.grad = g.to(dtype)
-        for p, g in zip(ref, _grads(ours, seed)):
+        for p, g in zip(ref, random_grads(ours, seed)):
             p.grad = g.to(dtype).float()
         o_opt.step()
         r_opt.step()
@@ -318,7 +310,7 @@ def test_compile_failure_falls_back_on_default_path(monkeypatch):
     tensors = [torch.randn(4, 3, dtype=torch.float64)]
     ours, o_opt, ref, r_opt = _pair("Adam", tensors)
     update = _dispatch.kernel("adam", "triton")
-    for p, g in zip(ours + ref, _grads(ours, 0) * 2):
+    for p, g in zip(ours + ref, random_grads(ours, 0) * 2):
         p.grad = g
     group = o_opt.param_groups[0]
     st = {k: [o_opt.state[ours[0]].setdefault(k, v)] for k, v in o_opt._init_state(group, ours[0]).items()}
@@ -383,7 +375,7 @@ def test_sparse_grads_go_through_the_for_loop(triton_env):
         ref = [torch.nn.Parameter(dense.clone()), torch.nn.Parameter(table.clone())]
         o_opt, r_opt = getattr(optimlab, name)(ours, **kw), getattr(torch.optim, name)(ref, **kw)
         for seed in range(2):
-            g = _grads(ours, seed)
+            g = random_grads(ours, seed)
             sg = torch.sparse_coo_tensor(torch.tensor([[0, 2, 2]]), torch.randn(3, 3, dtype=torch.float64), (6, 3))
             ours[0].grad, ref[0].grad = g[0].clone(), g[0].clone()
             ours[1].grad, ref[1].grad = sg.clone(), sg.clone()
@@ -466,7 +458,7 @@ def test_adafactor_factored_shapes(triton_env, monkeypatch):
         o_opt = optimlab.Adafactor(ours, **kw)
         r_opt = torch.optim.Adafactor(ref, **kw, foreach=False)
         for seed in range(3):
-            gs = _grads(ours, seed)
+            gs = random_grads(ours, seed)
             gs[0] = gs[0].t().contiguous().t()  # same values, transposed strides
             for p, q, g in zip(ours, ref, gs):
                 p.grad, q.grad = g.clone(), g.contiguous()
@@ -484,7 +476,7 @@ def test_adafactor_eps1_none_from_first_param(triton_env):
     ref = [torch.nn.Parameter(t.clone()) for t in tensors]
     o_opt, r_opt = optimlab.Adafactor(ours), torch.optim.Adafactor(ref, foreach=False)
     for seed in range(2):
-        for p, q, g in zip(ours, ref, _grads(ours, seed)):
+        for p, q, g in zip(ours, ref, random_grads(ours, seed)):
             g = g * 1e-5  # small grads: eps1 matters
             p.grad, q.grad = g.clone(), g.clone()
         o_opt.step()
@@ -517,7 +509,7 @@ def test_muon_batched_newton_schulz(triton_env, monkeypatch):
         o_opt, r_opt = optimlab.Muon(ours, **kw), torch.optim.Muon(ref, **kw)
         seen.clear()
         for seed in range(2):
-            for p, q, g in zip(ours, ref, _grads(ours, seed)):
+            for p, q, g in zip(ours, ref, random_grads(ours, seed)):
                 p.grad, q.grad = g.clone(), g.clone()
             o_opt.step()
             r_opt.step()

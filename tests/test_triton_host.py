@@ -23,19 +23,11 @@ import optimlab  # noqa: E402
 import optimlab.kernels.triton as ot  # noqa: E402
 from optimlab import _dispatch  # noqa: E402
 from optimlab.kernels.triton import _host, _launcher  # noqa: E402
+from helpers import random_grads  # noqa: E402
 
 FAMILIES = ("adam_family", "sgd_family", "adagrad_family", "matrix_family")
 
 
-@pytest.fixture
-def triton_env(monkeypatch):
-    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
-
-
-def _grads(params, seed, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale
-            for p in params]
 
 
 def _close(ours, ref, o_opt, r_opt, **tol):
@@ -221,7 +213,7 @@ def test_sgd_amp_skipped_first_step_leaves_no_momentum_buffer(kw, triton_env, mo
     ours = [torch.nn.Parameter(t.clone()) for t in tensors]
     ref = [torch.nn.Parameter(t.clone()) for t in tensors]
     o_opt, r_opt = optimlab.SGD(ours, **kw), torch.optim.SGD(ref, **kw, foreach=False)
-    for p, g in zip(ours, _grads(ours, 0)):
+    for p, g in zip(ours, random_grads(ours, 0)):
         p.grad = g * 8
     o_opt.grad_scale, o_opt.found_inf = torch.tensor(8.0), torch.ones(())
     o_opt.step()
@@ -230,9 +222,9 @@ def test_sgd_amp_skipped_first_step_leaves_no_momentum_buffer(kw, triton_env, mo
         assert torch.equal(p.detach(), t)
     assert all(o_opt.state.get(p, {}).get("momentum_buffer") is None for p in ours)
     for step in (1, 2):
-        for p, g in zip(ours, _grads(ours, step)):
+        for p, g in zip(ours, random_grads(ours, step)):
             p.grad = g * 8
-        for p, g in zip(ref, _grads(ref, step)):
+        for p, g in zip(ref, random_grads(ref, step)):
             p.grad = g
         o_opt.grad_scale, o_opt.found_inf = torch.tensor(8.0), torch.zeros(())
         o_opt.step()
@@ -370,7 +362,7 @@ def test_capturing_step_copies_nothing_from_the_host(name, kw, triton_env, monke
     ref = [torch.nn.Parameter(t.clone()) for t in tensors]
     ref_kw = {k: v for k, v in kw.items() if k != "capturable"}
     o_opt, r_opt = getattr(optimlab, name)(ours, **kw), getattr(torch.optim, name)(ref, **ref_kw, foreach=False)
-    grads = [_grads(ours, s) for s in range(3)]
+    grads = [random_grads(ours, s) for s in range(3)]
     for step in range(2):  # warm-up, outside capture
         for p, q, g in zip(ours, ref, grads[step]):
             p.grad, q.grad = g.clone(), g.clone()
@@ -431,9 +423,9 @@ def test_asgd_device_state_takes_no_host_values(triton_env, monkeypatch):
     host_reads = []
     real_item, real_float = torch.Tensor.item, torch.Tensor.__float__
     for seed, skip in ((0, False), (1, True), (2, False), (3, False)):
-        for p, g in zip(ours, _grads(ours, seed)):
+        for p, g in zip(ours, random_grads(ours, seed)):
             p.grad = g * 4
-        for p, g in zip(ref, _grads(ref, seed)):
+        for p, g in zip(ref, random_grads(ref, seed)):
             p.grad = g
         o_opt.grad_scale, o_opt.found_inf = torch.tensor(4.0), torch.tensor(float(skip))
         with monkeypatch.context() as m:
@@ -466,7 +458,7 @@ def test_table_used_on_another_stream_is_recorded(monkeypatch):
     assert len(recorded) == 1 and recorded[0][1] == "s2" and recorded[0][0] is stub.launches[-1].args[0]
 
 
-def test_table_entries_match_a_loop_and_survive_new_grads():
+def test_table_entries_match_a_loop_and_survive_newrandom_grads():
     for chunk in (1, 8, 64):
         numels = (1, 7, 8, 9, 100, 64, 65)
         tail, n = _launcher._entries(chunk, numels)
@@ -497,9 +489,9 @@ def test_muon_amp_on_the_device(triton_env, monkeypatch):
     host_reads = []
     real_item, real_float = torch.Tensor.item, torch.Tensor.__float__
     for seed, skip in ((0, False), (1, True), (2, False)):
-        for p, g in zip(ours, _grads(ours, seed)):
+        for p, g in zip(ours, random_grads(ours, seed)):
             p.grad = g * 16
-        for p, g in zip(ref, _grads(ref, seed)):
+        for p, g in zip(ref, random_grads(ref, seed)):
             p.grad = g
         before = [p.detach().clone() for p in ours]
         bufs = [o_opt.state[p]["momentum_buffer"].clone() for p in ours] if seed else None
