@@ -61,7 +61,7 @@ def make(shapes, device, dtype):
     return params
 
 
-def contenders(name, kwargs, torch_fused: bool, device):
+def contenders(name, kwargs, torch_fused: bool, device, compiled_step: bool = True):
     """(label, build(params) -> step callable) for each implementation compared."""
     out = []
 
@@ -77,7 +77,7 @@ def contenders(name, kwargs, torch_fused: bool, device):
     out.append(("torch foreach", lambda ps: getattr(torch.optim, name)(ps, **kwargs, foreach=True).step))
     if torch_fused and device.type == "cuda":
         out.append(("torch fused", lambda ps: getattr(torch.optim, name)(ps, **kwargs, fused=True).step))
-    if device.type == "cuda":
+    if device.type == "cuda" and compiled_step:
         def compiled(ps):
             opt = getattr(torch.optim, name)(ps, **kwargs, foreach=True)
 
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--small", type=int, default=20_000, help="typical size of a 'many small' tensor")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--only", default="", help="comma-separated optimizer names")
+    ap.add_argument("--no-compile", action="store_true", help="leave out torch.compile(torch step)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, run once each (CPU OK)")
     args = ap.parse_args(argv)
 
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
                 elt = torch.tensor([], dtype=dtype).element_size()
                 # param read+write, grad read, each state read+write
                 nbytes = numel * elt * (2 + 1 + 2 * n_state)
-                for label, build in contenders(name, kwargs, torch_fused, device):
+                for label, build in contenders(name, kwargs, torch_fused, device, not args.no_compile):
                     params = make(shapes, device, dtype)
                     try:
                         step = build(params)

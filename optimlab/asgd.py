@@ -100,9 +100,12 @@ def _asgd_foreach(group, params, grads, state):
         # p = p * (1 - lambd * eta) - eta * g, as the for-loop (an infinite p stays infinite;
         # torch's foreach p - eta * (g + lambd * p) makes it NaN). lambd == 0: p * 1 is p.
         if lambd != 0:
-            if capturable or not eta[0].is_cpu:  # on the device, in eta's dtype: no host sync
+            if capturable:  # as the capturable for-loop: on the device, in eta's dtype
                 decay = torch._foreach_mul(eta, -lambd)
                 torch._foreach_add_(decay, 1)
+            elif not eta[0].is_cpu:  # the for-loop's 1 - lambd * eta.item() in double, on
+                # the device: no host sync (in eta's dtype, float64 params differed by 4e-8)
+                decay = list((1 - lambd * torch.stack(eta).to(torch.float64)).to(p[0].dtype).unbind())
             else:  # the for-loop's host arithmetic (in double), free on the CPU
                 decay = [1 - lambd * _get_value(e) for e in eta]
             torch._foreach_mul_(p, decay)

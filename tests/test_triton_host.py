@@ -274,6 +274,29 @@ def test_every_launch_disables_fp_fusion(triton_env, monkeypatch):
         assert len(s.warmups) >= (1 if s.launches else 0), s.__name__
 
 
+# ---- 7. 128-bit loads: the kernels are told when every address and numel is aligned --------
+def test_aligned_flag_follows_the_table(monkeypatch):
+    """``ALIGNED`` (which lets the compiler use 128-bit loads, checked in the PTX by
+    ``_aot_check``) is passed True only when every address of the launch is a multiple of
+    16 bytes and every numel of 8 elements; one view at an odd offset or one odd numel
+    makes the whole launch scalar, never wrong."""
+    monkeypatch.setattr(_launcher, "_TABLE_CACHE", type(_launcher._TABLE_CACHE)())
+    stub = _Stub("_k")
+
+    def flag(params):
+        _launcher.launch(stub, [params, [torch.zeros_like(p) for p in params]], written=(0,))
+        return stub.launches[-1].kwargs["ALIGNED"]
+
+    assert flag([torch.zeros(64), torch.zeros(8, 16)]) is True
+    assert flag([torch.zeros(64, dtype=torch.bfloat16)]) is True
+    base = torch.zeros(80)
+    assert flag([torch.zeros(64), base[4:68]]) is True  # 16 bytes in: still aligned
+    assert flag([torch.zeros(64), base[1:65]]) is False  # a view 4 bytes in
+    assert flag([torch.zeros(64), torch.zeros(12)]) is False  # 12 elements
+    assert _launcher.aligned([0, 16, 4096], [8, 1 << 20], 4096)
+    assert not _launcher.aligned([16], [8], 12)  # chunks must start aligned too
+
+
 # ---- 6. specializations are compiled inside the compile-error fallback ------------------------
 def test_new_specialization_compiles_before_any_launch(monkeypatch):
     """Triton compiles one kernel per specialization of the arguments (n_tensors == 1, an

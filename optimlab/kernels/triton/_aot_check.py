@@ -3,7 +3,9 @@
 ``python -m optimlab.kernels.triton._aot_check [--arch 90]`` compiles each kernel of
 the backend, for each storage dtype and each flag combination, down to a cubin
 (Triton ships ptxas). It catches what the interpreter accepts but the compiler does
-not (types, casts, control flow). Must run with ``TRITON_INTERPRET`` unset.
+not (types, casts, control flow), and fails if a kernel compiled with ``ALIGNED`` has
+no 128-bit global load in its PTX (the vectorized path). Must run with
+``TRITON_INTERPRET`` unset.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import sys
 import time
 
@@ -42,6 +45,9 @@ KERNELS = {
         ("_muon_apply_kernel", 2, {}, {"o_ref": "*bf16"}),
     ],
 }
+
+#: a 128-bit global load in PTX (v4 of 32-bit words, v2 of 64-bit ones)
+_VECTOR = re.compile(r"ld\.global(\.\w+)*\.v(4\.b32|2\.b64|4\.f32|2\.f64)")
 
 _PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
 
@@ -77,7 +83,7 @@ def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", arch, 32)
-    count = 0
+    count, scalar = 0, []
     for module, kernels in KERNELS.items():
         mod = importlib.import_module(f"optimlab.kernels.triton.{module}")
         for name, n_roles, flags, *extra in kernels:
@@ -95,7 +101,7 @@ def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick
                     for var in variants:
                         constexprs = dict(
                             N_ROLES=n_roles, N_GROUP=7, N_PER=3, ACC64=dtype == "float64",
-                            HAS_SCALE=amp[0], HAS_INF=amp[1], BLOCK=1024, ITERS=4,
+                            HAS_SCALE=amp[0], HAS_INF=amp[1], BLOCK=1024, ITERS=4, ALIGNED=True,
                             **{k: (bool(v) if k != "WD_MODE" else v) for k, v in var.items()},
                         )
                         constexprs.update(fixed)
@@ -118,10 +124,15 @@ def check(arch: int = 90, exhaustive: bool = False, verbose: bool = False, quick
                                 sig[arg] = _PTR[dtype]
                         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
                         t0 = time.time()
-                        triton.compile(src, target=target, options=_options())
+                        compiled = triton.compile(src, target=target, options=_options())
                         count += 1
+                        if constexprs.get("ALIGNED") and not _VECTOR.search(compiled.asm["ptx"]):
+                            scalar.append(f"{name} {dtype} {var}")
                         if verbose:
                             print(f"{name} {dtype} {var} amp={amp[0]}: {time.time() - t0:.2f}s")
+    if scalar:
+        raise AssertionError("compiled ALIGNED, yet no 128-bit global load (ld.global.v4/v2) in "
+                             "the PTX of: " + "; ".join(scalar))
     return count
 
 

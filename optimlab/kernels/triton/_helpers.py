@@ -19,21 +19,40 @@ import triton
 import triton.language as tl
 
 
+#: what ``ALIGNED`` promises (checked on the host, :func:`._launcher.aligned`): every address
+#: in the table is a multiple of ALIGN_BYTES, every numel and chunk start of ALIGN_ELEMS
+ALIGN_BYTES = tl.constexpr(16)
+ALIGN_ELEMS = tl.constexpr(8)
+
+
 @triton.jit
-def entry(itab, N_ROLES: tl.constexpr, n_tensors, n_entries):
-    """``(tensor index, first element of the chunk, numel)`` of this program's entry."""
+def entry(itab, N_ROLES: tl.constexpr, n_tensors, n_entries, ALIGNED: tl.constexpr):
+    """``(tensor index, first element of the chunk, numel)`` of this program's entry.
+
+    ``ALIGNED``: numels and starts are multiples of ``ALIGN_ELEMS``, so that a mask
+    ``offs < numel`` is constant over 16-byte vectors (the compiler may then vectorize)."""
     pid = tl.program_id(0)
     base = N_ROLES * n_tensors + n_tensors
     ti = tl.load(itab + base + pid)
     start = tl.load(itab + base + n_entries + pid)
     numel = tl.load(itab + N_ROLES * n_tensors + ti)
+    if ALIGNED:
+        start = tl.multiple_of(start, ALIGN_ELEMS)
+        numel = tl.multiple_of(numel, ALIGN_ELEMS)
     return ti, start, numel
 
 
 @triton.jit
-def tensor_ptr(itab, role, n_tensors, ti, ref):
-    """Typed base pointer of tensor ``ti`` in row ``role`` (element type of ``ref``)."""
-    return tl.load(itab + role * n_tensors + ti).to(ref.dtype)
+def tensor_ptr(itab, role, n_tensors, ti, ref, ALIGNED: tl.constexpr):
+    """Typed base pointer of tensor ``ti`` in row ``role`` (element type of ``ref``).
+
+    An address read from the table hides its alignment from the compiler (which then
+    issues one load per element); ``ALIGNED`` states it, so loads and stores can be
+    128-bit vectors (``ld.global.v4``)."""
+    ptr = tl.load(itab + role * n_tensors + ti).to(ref.dtype)
+    if ALIGNED:  # on the pointer: a hint on the integer does not survive the cast
+        ptr = tl.multiple_of(ptr, ALIGN_BYTES)
+    return ptr
 
 
 @triton.jit

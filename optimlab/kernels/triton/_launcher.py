@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import KernelCompileError, interpreting
+from . import _helpers as _h
 from ._host import capturing
 
 #: elements per block and blocks per program (a chunk is BLOCK * ITERS elements)
@@ -207,12 +208,23 @@ class _Table:
     (recorded with the caching allocator, so an evicted table is not reused while a
     launch on another stream may still read it)."""
 
-    __slots__ = ("tensor", "n_entries", "streams")
+    __slots__ = ("tensor", "n_entries", "streams", "aligned")
 
-    def __init__(self, tensor: Tensor, n_entries: int, stream) -> None:
+    def __init__(self, tensor: Tensor, n_entries: int, stream, aligned: bool = False) -> None:
         self.tensor = tensor
         self.n_entries = n_entries
         self.streams = {stream}
+        self.aligned = aligned
+
+
+def aligned(ptrs: Sequence[int], numels: Sequence[int], chunk: int) -> bool:
+    """What a kernel's ``ALIGNED`` flag promises (``_helpers.entry``/``tensor_ptr``): every
+    address a multiple of 16 bytes, every numel and chunk a multiple of 8 elements, so that
+    the compiler may use 128-bit loads and stores. Tensors from the caching allocator are
+    aligned; a view at an odd storage offset or an odd numel makes the launch scalar."""
+    align_b, align_n = _h.ALIGN_BYTES.value, _h.ALIGN_ELEMS.value
+    return (chunk % align_n == 0 and not any(p % align_b for p in ptrs)
+            and not any(n % align_n for n in numels))
 
 
 def _addresses(row) -> list[int]:
@@ -272,7 +284,8 @@ def _table(bucket: _Bucket, chunk: int, device, is_capturing: bool = False, what
             "backward writes the grads in place). Nothing was updated.")
     tail, n_entries = _entries(chunk, numels)
     host = torch.cat([torch.tensor(ptrs, dtype=torch.int64), tail]) if ptrs else tail
-    entry = _Table(_to_device(host, device), n_entries, _current_stream(device))
+    entry = _Table(_to_device(host, device), n_entries, _current_stream(device),
+                   aligned(ptrs, numels, chunk))
     _TABLE_CACHE[key] = entry
     if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
         _TABLE_CACHE.popitem(last=False)
@@ -423,7 +436,7 @@ def launch(
     roles = [r if r is not None else [None] * n for r in roles]
     _compile_and_run(
         kernel, buckets(roles), n, len(roles), block * iters, written, group_scalars, columns,
-        grad_scale, found_inf, dict(BLOCK=block, ITERS=iters, **constexprs),
+        grad_scale, found_inf, dict(BLOCK=block, ITERS=iters, **constexprs), align=True,
     )
 
 
@@ -470,7 +483,9 @@ def _spec(v):
 
 
 def _compile_and_run(kernel, bucket_list, n_all, n_roles, chunk, written, group_scalars, columns,
-                     grad_scale, found_inf, constexprs) -> None:
+                     grad_scale, found_inf, constexprs, align: bool = False) -> None:
+    """Prepare, compile and launch each bucket; ``align``: pass the kernel ``ALIGNED``
+    (whether the bucket's table meets :func:`aligned`)."""
     name = getattr(kernel, "__name__", str(kernel))
     plans = []
     for b in bucket_list:
@@ -490,6 +505,8 @@ def _compile_and_run(kernel, bucket_list, n_all, n_roles, chunk, written, group_
             HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
             **constexprs,
         )
+        if align:
+            kwargs["ALIGNED"] = table.aligned
         plans.append((b, device, key, table, args, kwargs, is_capturing))
     if not interpreting():
         for b, device, _, table, args, kwargs, is_capturing in plans:

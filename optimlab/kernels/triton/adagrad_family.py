@@ -17,14 +17,15 @@ def _adagrad_kernel(
     p_ref, g_ref, sum_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    sp = h.tensor_ptr(itab, 2, n_tensors, ti, sum_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    sp = h.tensor_ptr(itab, 2, n_tensors, ti, sum_ref, ALIGNED)
     wd = h.scalar(stab, 0, ACC64)
     eps = h.scalar(stab, 1, ACC64)
     neg_clr = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
@@ -66,14 +67,15 @@ def _rmsprop_kernel(
     p_ref, g_ref, v_ref, buf_ref, gavg_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, CENTERED: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    vp = h.tensor_ptr(itab, 2, n_tensors, ti, v_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    vp = h.tensor_ptr(itab, 2, n_tensors, ti, v_ref, ALIGNED)
     neg_lr = h.scalar(stab, 0, ACC64)
     alpha = h.scalar(stab, 1, ACC64)
     one_minus_alpha = h.scalar(stab, 2, ACC64)
@@ -92,7 +94,7 @@ def _rmsprop_kernel(
         v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, alpha, one_minus_alpha)
         h.store(vp, offs, v, mask)
         if CENTERED:
-            gavgp = h.tensor_ptr(itab, 4, n_tensors, ti, gavg_ref)
+            gavgp = h.tensor_ptr(itab, 4, n_tensors, ti, gavg_ref, ALIGNED)
             gavg = h.lerp(h.load(gavgp, offs, mask, ACC64), g, one_minus_alpha)
             h.store(gavgp, offs, gavg, mask)
             # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
@@ -100,7 +102,7 @@ def _rmsprop_kernel(
         else:
             avg = h.sqrt(v, ACC64) + eps
         if MOMENTUM:
-            bp = h.tensor_ptr(itab, 3, n_tensors, ti, buf_ref)
+            bp = h.tensor_ptr(itab, 3, n_tensors, ti, buf_ref, ALIGNED)
             b = h.load(bp, offs, mask, ACC64) * momentum + h.div(g, avg, ACC64)
             h.store(bp, offs, b, mask)
             p = tl.fma(neg_lr + tl.zeros_like(b), b, p)  # param.add_(buf, alpha=-lr)
@@ -132,15 +134,16 @@ def _adadelta_kernel(
     p_ref, g_ref, v_ref, u_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    vp = h.tensor_ptr(itab, 2, n_tensors, ti, v_ref)
-    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    vp = h.tensor_ptr(itab, 2, n_tensors, ti, v_ref, ALIGNED)
+    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref, ALIGNED)
     neg_lr = h.scalar(stab, 0, ACC64)
     rho = h.scalar(stab, 1, ACC64)
     one_minus_rho = h.scalar(stab, 2, ACC64)

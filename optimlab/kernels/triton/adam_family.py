@@ -51,15 +51,16 @@ def _adam_kernel(
     p_ref, g_ref, m_ref, v_ref, vmax_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr, AMSGRAD: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
-    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
+    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref, ALIGNED)
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
@@ -69,7 +70,7 @@ def _adam_kernel(
         p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
                               HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
         if AMSGRAD:
-            vmaxp = h.tensor_ptr(itab, 4, n_tensors, ti, vmax_ref)
+            vmaxp = h.tensor_ptr(itab, 4, n_tensors, ti, vmax_ref, ALIGNED)
             v = tl.maximum(h.load(vmaxp, offs, mask, ACC64), v)
             h.store(vmaxp, offs, v, mask)
         denom = h.div(h.sqrt(v, ACC64), bc2_sqrt, ACC64) + eps
@@ -116,15 +117,16 @@ def _adamax_kernel(
     p_ref, g_ref, m_ref, u_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
-    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
+    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref, ALIGNED)
     w1 = h.scalar(stab, 0, ACC64)
     beta2 = h.scalar(stab, 1, ACC64)
     eps = h.scalar(stab, 2, ACC64)
@@ -171,15 +173,16 @@ def _nadam_kernel(
     p_ref, g_ref, m_ref, v_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
-    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
+    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref, ALIGNED)
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     bc2 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     grad_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
@@ -233,15 +236,16 @@ def _radam_kernel(
     p_ref, g_ref, m_ref, v_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref)
-    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
+    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref, ALIGNED)
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     lr = h.scalar(stab, 6, ACC64)
     bc1 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
@@ -293,12 +297,12 @@ def _sparse_adam_kernel(
     """One program per chunk of a coalesced sparse grad's values ``(nnz, row_len)``: each
     value updates element ``row * row_len + col`` of the (contiguous) param and moments.
     Coalesced rows are distinct, so no two programs write one element."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    valp = h.tensor_ptr(itab, 0, n_tensors, ti, val_ref)
-    rowp = h.tensor_ptr(itab, 1, n_tensors, ti, row_ref)
-    pp = h.tensor_ptr(itab, 2, n_tensors, ti, p_ref)
-    mp = h.tensor_ptr(itab, 3, n_tensors, ti, m_ref)
-    vp = h.tensor_ptr(itab, 4, n_tensors, ti, v_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, False)
+    valp = h.tensor_ptr(itab, 0, n_tensors, ti, val_ref, False)
+    rowp = h.tensor_ptr(itab, 1, n_tensors, ti, row_ref, False)
+    pp = h.tensor_ptr(itab, 2, n_tensors, ti, p_ref, False)
+    mp = h.tensor_ptr(itab, 3, n_tensors, ti, m_ref, False)
+    vp = h.tensor_ptr(itab, 4, n_tensors, ti, v_ref, False)
     omb1 = h.scalar(stab, 0, ACC64)  # 1 - beta1
     omb2 = h.scalar(stab, 1, ACC64)  # 1 - beta2
     eps = h.scalar(stab, 2, ACC64)

@@ -77,9 +77,9 @@ def _adafactor_row_kernel(
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
     """Rows ``start .. start + BLOCK`` of ``(k * R, C)``: ``row_var`` of each."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    rvp = h.tensor_ptr(itab, 0, n_tensors, ti, rv_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, False)
+    rvp = h.tensor_ptr(itab, 0, n_tensors, ti, rv_ref, False)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, False)
     C = _int_scalar(stab, N_GROUP, N_PER, ti, 0)
     w = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)  # 1 - beta2_t
     rows = start + tl.arange(0, BLOCK)
@@ -107,11 +107,11 @@ def _adafactor_col_kernel(
 ):
     """Columns ``start .. start + BLOCK`` of ``(k, R, C)`` (a block may span matrices):
     ``col_var``, then ``U`` on those columns (``row_var`` is final: the row kernel ran)."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    cvp = h.tensor_ptr(itab, 0, n_tensors, ti, cv_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    rvp = h.tensor_ptr(itab, 2, n_tensors, ti, rv_ref)
-    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, False)
+    cvp = h.tensor_ptr(itab, 0, n_tensors, ti, cv_ref, False)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, False)
+    rvp = h.tensor_ptr(itab, 2, n_tensors, ti, rv_ref, False)
+    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref, False)
     eps1 = h.scalar(stab, 0, ACC64)
     eps1_sq = h.scalar(stab, 1, ACC64)
     R = _int_scalar(stab, N_GROUP, N_PER, ti, 0)
@@ -155,13 +155,14 @@ def _adafactor_vec_kernel(
     g_ref, v_ref, u_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr,
 ):
     """Params of 0 or 1 dim: ``variance = lerp(variance, g*g, w)``, ``U = g / sqrt(max(variance, eps1^2))``."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    gp = h.tensor_ptr(itab, 0, n_tensors, ti, g_ref)
-    vp = h.tensor_ptr(itab, 1, n_tensors, ti, v_ref)
-    up = h.tensor_ptr(itab, 2, n_tensors, ti, u_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    gp = h.tensor_ptr(itab, 0, n_tensors, ti, g_ref, ALIGNED)
+    vp = h.tensor_ptr(itab, 1, n_tensors, ti, v_ref, ALIGNED)
+    up = h.tensor_ptr(itab, 2, n_tensors, ti, u_ref, ALIGNED)
     eps1_sq = h.scalar(stab, 0, ACC64)
     w = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     for it in range(ITERS):
@@ -182,12 +183,13 @@ def _adafactor_apply_kernel(
     p_ref, u_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     HAS_WD: tl.constexpr,
 ):
     """``p = p * decay`` (if weight decay), then ``p.add_(U, alpha=coef)`` (one fma, as torch)."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    up = h.tensor_ptr(itab, 1, n_tensors, ti, u_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    up = h.tensor_ptr(itab, 1, n_tensors, ti, u_ref, ALIGNED)
     decay = h.scalar(stab, 0, ACC64)
     coef = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     for it in range(ITERS):
@@ -252,6 +254,7 @@ def _muon_momentum_kernel(
     b_ref, g_ref, u_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     NESTEROV: tl.constexpr,
 ):
     """``buf.lerp_(g, 1 - momentum)``; the update (``g.lerp(buf, momentum)`` with Nesterov,
@@ -259,10 +262,10 @@ def _muon_momentum_kernel(
     grad is unscaled (and written back); a nonzero ``found_inf`` skips the step."""
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    bp = h.tensor_ptr(itab, 0, n_tensors, ti, b_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    up = h.tensor_ptr(itab, 2, n_tensors, ti, u_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    bp = h.tensor_ptr(itab, 0, n_tensors, ti, b_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    up = h.tensor_ptr(itab, 2, n_tensors, ti, u_ref, ALIGNED)
     one_minus_momentum = h.scalar(stab, 0, ACC64)
     momentum = h.scalar(stab, 1, ACC64)
     for it in range(ITERS):
@@ -282,14 +285,15 @@ def _muon_apply_kernel(
     p_ref, o_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     """``p.mul_(1 - lr * wd).add_(O, alpha=-adjusted_lr)`` (the add is one fma, as torch);
     nothing where ``found_inf`` is nonzero."""
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    op = h.tensor_ptr(itab, 1, n_tensors, ti, o_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    op = h.tensor_ptr(itab, 1, n_tensors, ti, o_ref, ALIGNED)
     decay = h.scalar(stab, 0, ACC64)
     neg_lr = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     for it in range(ITERS):

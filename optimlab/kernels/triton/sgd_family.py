@@ -23,13 +23,14 @@ def _sgd_kernel(
     p_ref, g_ref, b_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
     neg_lr = h.scalar(stab, 0, ACC64)
     wd = h.scalar(stab, 1, ACC64)
     momentum = h.scalar(stab, 2, ACC64)
@@ -43,7 +44,7 @@ def _sgd_kernel(
         if HAS_WD:
             g = h.add_decay(g, p, wd)
         if MOMENTUM:
-            bp = h.tensor_ptr(itab, 2, n_tensors, ti, b_ref)
+            bp = h.tensor_ptr(itab, 2, n_tensors, ti, b_ref, ALIGNED)
             b = h.load(bp, offs, mask, ACC64)
             b = tl.where(first != 0, g, b * momentum + one_minus_dampening * g)
             h.store(bp, offs, b, mask)
@@ -95,14 +96,15 @@ def _asgd_kernel(
     p_ref, g_ref, ax_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    axp = h.tensor_ptr(itab, 2, n_tensors, ti, ax_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    axp = h.tensor_ptr(itab, 2, n_tensors, ti, ax_ref, ALIGNED)
     wd = h.scalar(stab, 0, ACC64)
     decay = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1 - lambd * eta
     neg_eta = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
@@ -112,12 +114,14 @@ def _asgd_kernel(
         mask = offs < numel
         p = h.load(pp, offs, mask, ACC64)
         g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
+        # loaded before p is stored: the compiler cannot move a load past a store to
+        # another pointer (they may alias), and the load would wait for memory again
+        ax = h.load(axp, offs, mask, ACC64)
         if HAS_WD:
             g = h.add_decay(g, p, wd)
         p = p * decay
         p = p + neg_eta * g
         h.store(pp, offs, p, mask)
-        ax = h.load(axp, offs, mask, ACC64)
         ax = tl.where(mu != 1, ax + (p - ax) * mu, p)
         h.store(axp, offs, ax, mask)
 
@@ -180,15 +184,16 @@ def _rprop_kernel(
     p_ref, g_ref, prev_ref, size_ref,
     N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+    ALIGNED: tl.constexpr,
     MAXIMIZE: tl.constexpr,
 ):
     if h.skip_step(found_inf, HAS_INF):
         return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref)
-    prevp = h.tensor_ptr(itab, 2, n_tensors, ti, prev_ref)
-    sp = h.tensor_ptr(itab, 3, n_tensors, ti, size_ref)
+    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
+    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
+    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+    prevp = h.tensor_ptr(itab, 2, n_tensors, ti, prev_ref, ALIGNED)
+    sp = h.tensor_ptr(itab, 3, n_tensors, ti, size_ref, ALIGNED)
     etaminus = h.scalar(stab, 0, ACC64)
     etaplus = h.scalar(stab, 1, ACC64)
     size_min = h.scalar(stab, 2, ACC64)
