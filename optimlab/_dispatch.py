@@ -232,7 +232,7 @@ def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendC
     requested = env_backend()
     default = _default(algorithm, device_type, params[0].dtype if params else None,
                        params[0].device.index if params else None, len(params),
-                       sum(p.numel() for p in params))
+                       sum(map(torch.Tensor.numel, params)))
     if requested is not None:
         why = _unavailable(algorithm, requested)
         if why is None:

@@ -7,7 +7,8 @@ problem, for a few steps, and compares params and every state entry:
 * float32, bfloat16, float16, float64 (``--quick``: float32 and bfloat16);
 * the default options and the main flags (weight decay, maximize, amsgrad, momentum,
   nesterov, centered, ...; ``--quick``: the default only);
-* params of several shapes, among them a view at an odd storage offset (unaligned);
+* params of several shapes, among them a view at an odd storage offset (unaligned); on
+  CUDA also params whose sizes are whole 16-byte vectors (the kernels' 128-bit loads);
 * a ``torch.amp.GradScaler`` run with an overflowing step that must be skipped (float32);
 * on CUDA, a ``capturable=True`` step captured in a CUDA graph and replayed.
 
@@ -82,7 +83,8 @@ class Result:
 
 
 # ---- problems ---------------------------------------------------------------------------
-def _make_params(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.nn.Parameter]:
+def _make_params(name: str, dtype: torch.dtype, device: str, seed: int = 0,
+                 aligned: bool = False) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -92,6 +94,9 @@ def _make_params(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> l
         tensors = [rand(8, 5), rand(3, 6)]
     elif name == "SparseAdam":
         tensors = [rand(6, 3), rand(5, 4)]
+    elif aligned:  # every numel a multiple of 8: the launch may use 128-bit loads; one
+        # tensor spans several chunks (BLOCK * ITERS elements)
+        tensors = [rand(64, 40), rand(8), rand(1000, 8), rand(16, 3, 2)]
     else:
         # a view at an odd storage offset: its data is not aligned to a vector width
         odd = rand(3 * 7 + 3)[3:].view(3, 7)
@@ -108,6 +113,10 @@ def _make_params(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> l
 
 
 _INDEX = torch.tensor([0, 2, 2, 3])
+
+#: the case whose params all have numels of whole 16-byte vectors (the others include odd
+#: sizes and an unaligned view, so their launches use scalar loads)
+ALIGNED_CASE = "aligned sizes (128-bit loads)"
 
 
 def _loss(name: str, params) -> torch.Tensor:
@@ -157,11 +166,12 @@ def _make_opt(name, params, kwargs, backend=None):
     return getattr(optimlab, name)(params, **kwargs)
 
 
-def _run(name, backend, dtype, device, kwargs, steps, overflow_at=None, in_kernel=False):
+def _run(name, backend, dtype, device, kwargs, steps, overflow_at=None, in_kernel=False, aligned=False):
     """Train ``steps`` steps on ``backend``; return (params, state_dict, backend that ran).
     With ``overflow_at``, a GradScaler drives the steps; ``in_kernel``: the fused kernel
-    unscales and skips (what ``fused=True`` turns on), else the scaler does."""
-    params = _make_params(name, dtype, device)
+    unscales and skips (what ``fused=True`` turns on), else the scaler does. ``aligned``:
+    the params of :data:`ALIGNED_CASE`."""
+    params = _make_params(name, dtype, device, aligned=aligned)
     with _backend("forloop" if backend == "torch-foreach" else backend):
         opt = _make_opt(name, params, kwargs, backend)
         ran = opt.backends()[0].name if hasattr(opt, "backends") else backend
@@ -229,12 +239,14 @@ def _differ(a, b, tol) -> str | None:
 def _check(name, backend, dtype, device, kwargs, case, overflow_at=None, in_kernel=False) -> Result:
     dname = str(dtype).removeprefix("torch.")
     steps = STEPS.get(name, 4)
+    aligned = case == ALIGNED_CASE
     try:
-        ref = _run(name, _reference(name, backend), dtype, device, kwargs, steps, overflow_at)
+        ref = _run(name, _reference(name, backend), dtype, device, kwargs, steps, overflow_at,
+                   aligned=aligned)
     except Exception as e:  # noqa: BLE001 - the reference cannot take this case: not ours to judge
         return Result(name, backend, dname, case, "skip", f"for-loop raises {type(e).__name__}: {e}")
     try:
-        ours = _run(name, backend, dtype, device, kwargs, steps, overflow_at, in_kernel)
+        ours = _run(name, backend, dtype, device, kwargs, steps, overflow_at, in_kernel, aligned)
     except Exception as e:  # noqa: BLE001 - a backend that raises where the reference runs fails
         return Result(name, backend, dname, case, "FAIL", f"{type(e).__name__}: {e}")
     if ours[2] != backend:
@@ -319,6 +331,9 @@ def run_checks(device: str = "cpu", quick: bool = False, optimizers: list[str] |
         for backend in _backends_here(name, device, backends):
             cases = [(dtype, kw, "default" if not kw else ", ".join(f"{k}={v}" for k, v in kw.items()),
                       None, False) for kw in configs for dtype in dtypes]
+            if device == "cuda" and name not in ("Muon", "SparseAdam"):  # the vector path
+                # of compiled elementwise kernels (the interpreter has no vectors)
+                cases += [(dtype, configs[0], ALIGNED_CASE, None, False) for dtype in QUICK_DTYPES]
             if name != "SparseAdam":  # GradScaler unscales dense grads only
                 cases.append((torch.float32, configs[0], "GradScaler, overflow at step 2", 1, False))
                 if backend in _dispatch.FUSED_BACKENDS:

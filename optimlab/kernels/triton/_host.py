@@ -26,7 +26,11 @@ def stack_scalars(tensors: list[Tensor]) -> Tensor:
     if len(set(map(_DEVICE, tensors))) > 1:
         dev0 = tensors[0].device
         return torch.stack([t.reshape(()).to(dev0) for t in tensors])
-    return torch.stack([t.reshape(()) for t in tensors])
+    try:  # one stack of the tensors as they are (0-dim, as torch keeps step counters),
+        # reshaped once: no Python-level call per tensor
+        return torch.stack(tensors).reshape(len(tensors))
+    except RuntimeError:  # one-element tensors of different shapes
+        return torch.stack([t.reshape(()) for t in tensors])
 
 
 def per_device(x: Tensor, tensors: list[Tensor], dtype=None) -> list[Tensor]:
