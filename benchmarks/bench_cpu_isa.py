@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cpu_fused as fused  # noqa: E402  (CONFIGS, make_params, cpu_model)
 
 import optimlab  # noqa: E402
-import optimlab.kernels.cpu as cpu  # noqa: E402
+import optimlab.kernels.cpp_build as cpp_build  # noqa: E402
 
 
 def builds() -> dict[str, object]:
     """The extension built for each instruction set this CPU runs, best first."""
-    order = cpu._FALLBACK_ORDER
-    top = order.index(cpu._machine_level())
-    return {isa: cpu._build(isa, cpu.csrc_dir()) for isa in order[top:] if isa != "DEFAULT"}
+    order = cpp_build._FALLBACK_ORDER
+    top = order.index(cpp_build._machine_level())
+    return {isa: cpp_build._build(isa, cpp_build.csrc_dir()) for isa in order[top:] if isa != "DEFAULT"}
 
 
 def main(argv=None) -> int:
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                 for s in range(args.steps + 2):
                     step = {}
                     for isa in (isas if s % 2 else isas[::-1]):  # alternate who goes first
-                        cpu._module = exts[isa]
+                        cpp_build._module = exts[isa]
                         if args.cache == "warm":
                             opts[isa].step()
                         t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                 lines.append(f"| {name} | {threads} | {cells} | {statistics.median(ratios):.3f} |")
                 print(lines[-1], file=sys.stderr, flush=True)
     finally:
-        cpu._module = None  # the next load() picks the default build again
+        cpp_build._module = None  # the next load() picks the default build again
     header = [
         f"- command: `python {' '.join([Path(sys.argv[0]).as_posix()] + (argv or sys.argv[1:]))}`",
         f"- CPU: {fused.cpu_model()}, torch {torch.__version__}; {args.params} fp32 params in "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import os
 import sys
 import warnings
@@ -138,14 +139,14 @@ def _device_type(params: list[torch.Tensor]) -> str:
 
 # The default backend per device type: first the measured-fastest one from
 # ``_defaults.json`` (written by ``python -m optimlab.bench --update-defaults``,
-# keyed by algorithm and dtype, with the device it was measured on), else the first
-# available of a fixed preference list, fastest first. A preferred optional backend
-# (triton, cpp) that cannot run here is skipped with one warning.
+# keyed by algorithm, dtype and size class, with the device it was measured on; a
+# measured backend that cannot run here gives way to the next fastest measured one),
+# else the first available of a fixed preference list, fastest first. A preferred
+# optional backend (triton, cpp) that cannot run here is skipped with one warning.
 DEFAULT_PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("cpp", "foreach", "forloop"),
-    # torch's own rule: the Triton kernels have not run on a GPU yet, so a CUDA device uses
-    # them by default only once a measured table for it says they win (``fused=True`` or
-    # OPTIMLAB_BACKEND=triton ask for them explicitly)
+    # torch's own rule until this GPU is measured (the Triton kernels win or lose by GPU:
+    # fused=True or OPTIMLAB_BACKEND=triton ask for them explicitly)
     "cuda": ("foreach", "forloop"),
 }
 #: why the preference list decided, per device type (shown by ``opt.backends()``)
@@ -178,11 +179,21 @@ def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None,
         entry, source = measured_defaults().get(device_type, {}), ""
         if not _measured.committed_applies(entry, device_type, index):
             entry = {}
-    measured = _measured.lookup(entry, algorithm, str(dtype).removeprefix("torch."), tensors, numel)
+    dname = str(dtype).removeprefix("torch.")
+    measured = _measured.lookup(entry, algorithm, dname, tensors, numel)
+    where = f"{entry.get('device', device_type)}{source}"
     if measured is not None and _unavailable(algorithm, measured) is None:
-        return BackendChoice(measured, f"measured fastest on {entry.get('device', device_type)}{source}")
-    order = DEFAULT_PREFERENCE.get(device_type, ("foreach", "forloop"))
+        return BackendChoice(measured, f"measured fastest on {where}")
     skipped = []
+    if measured is not None:  # the fastest cannot run here: the next fastest measured that can
+        why = _unavailable(algorithm, measured)
+        if measured in _KERNELS[algorithm]:  # implemented, but cannot run here: say so once
+            warn_once(f"default:{measured}", f"optimlab: {why}; falling back to the next backend")
+        skipped.append(why)
+        for name in _measured.ranking(entry, algorithm, dname, tensors, numel):
+            if name in _KERNELS[algorithm] and _unavailable(algorithm, name) is None:
+                return BackendChoice(name, f"measured fastest available on {where} ({why})")
+    order = DEFAULT_PREFERENCE.get(device_type, ("foreach", "forloop"))
     for name in order:
         why = _unavailable(algorithm, name)
         if why is None:
@@ -190,7 +201,7 @@ def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None,
             if skipped:
                 reason += f" ({'; '.join(skipped)})"
             return BackendChoice(name, reason)
-        if name in FUSED_BACKENDS and name in _KERNELS[algorithm]:
+        if name in FUSED_BACKENDS and name in _KERNELS[algorithm] and why not in skipped:
             warn_once(f"default:{name}", f"optimlab: {why}; falling back to the next backend")
             skipped.append(why)
     return BackendChoice("forloop", f"default on {device_type}")
@@ -205,6 +216,9 @@ def env_backend() -> str | None:
             f"{ENV_VAR}={value!r} is not a backend; valid: {', '.join(BACKENDS)}"
         )
     return value
+
+
+_NUMEL = operator.methodcaller("numel")
 
 
 def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendChoice:
@@ -230,13 +244,16 @@ def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendC
         flag = "foreach" if foreach is False else "fused"
         return BackendChoice("forloop", f"{flag}=False")
     requested = env_backend()
+    why = None if requested is None else _unavailable(algorithm, requested)
+    if requested is not None and why is None:
+        # before the default: computing it may check (build) a backend that is not used
+        return BackendChoice(requested, f"{ENV_VAR}={requested}")
+    # (a C-level pass in eager; dynamo traces no methodcaller)
+    numel = (sum(p.numel() for p in params) if torch.compiler.is_compiling()
+             else sum(map(_NUMEL, params)))
     default = _default(algorithm, device_type, params[0].dtype if params else None,
-                       params[0].device.index if params else None, len(params),
-                       sum(map(torch.Tensor.numel, params)))
+                       params[0].device.index if params else None, len(params), numel)
     if requested is not None:
-        why = _unavailable(algorithm, requested)
-        if why is None:
-            return BackendChoice(requested, f"{ENV_VAR}={requested}")
         warn_once(
             f"env:{algorithm}:{requested}",
             f"{ENV_VAR}={requested}: {why}; using {default.name} instead",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -28,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["committed_applies", "device_name", "lookup", "size_class", "user_table", "user_table_path"]
+__all__ = ["committed_applies", "device_name", "lookup", "rank", "ranking", "size_class", "user_table",
+           "user_table_path"]
 SIZE_CLASS_RULE = (
     "t{i}-n{j} with i = (tensors.bit_length() - 1) // 3 and j = ((numel // tensors).bit_length() - 1) // 3, "
     "where tensors is the number of params (with grads) in the param group and numel their total "
@@ -48,19 +50,52 @@ def size_class(tensors: int, numel: int) -> tuple[int, int]:
     return _bucket(tensors), _bucket(numel // tensors)
 
 
+def _class(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> dict | None:
+    """The size-class entry of ``entry`` for the group: its own class, else the nearest one
+    measured (bucket distance, ties: the smaller key); None without ``by_size`` data."""
+    classes = entry.get("by_size", {}).get(algorithm, {}).get(dtype, {})
+    if not classes:
+        return None
+    i, j = size_class(tensors, numel)
+    hit = classes.get(f"t{i}-n{j}")
+    if hit is None:
+        _, hit = min(classes.items(), key=lambda kv: (
+            abs(kv[1]["tensors_bucket"] - i) + abs(kv[1]["numel_bucket"] - j), kv[0]))
+    return hit
+
+
 def lookup(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> str | None:
     """The backend ``entry`` (one device's table) measured fastest for a group of ``tensors``
-    params holding ``numel`` elements: its size class, else the nearest measured class
-    (bucket distance, ties: the smaller key), else the flat ``choices``; None if nothing."""
-    classes = entry.get("by_size", {}).get(algorithm, {}).get(dtype, {})
-    if classes:
-        i, j = size_class(tensors, numel)
-        hit = classes.get(f"t{i}-n{j}")
-        if hit is None:
-            _, hit = min(classes.items(), key=lambda kv: (
-                abs(kv[1]["tensors_bucket"] - i) + abs(kv[1]["numel_bucket"] - j), kv[0]))
+    params holding ``numel`` elements: its size class, else the nearest measured class,
+    else the flat ``choices``; None if nothing."""
+    hit = _class(entry, algorithm, dtype, tensors, numel)
+    if hit is not None:
         return hit["backend"]
     return entry.get("choices", {}).get(algorithm, {}).get(dtype)
+
+
+def ranking(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> list[str]:
+    """Every backend the group's size class measured, fastest first (by :func:`rank`): the
+    order a default falls back along when the fastest cannot run here."""
+    hit = _class(entry, algorithm, dtype, tensors, numel)
+    return rank([m["ms"] for m in hit["measured"]]) if hit is not None else []
+
+
+def rank(measurements: list[dict[str, float]], tiebreak: tuple[str, ...] = ()) -> list[str]:
+    """Backends by the geometric mean of their time relative to the fastest of each
+    measurement (``{backend: ms}`` each; every measurement has one vote), smallest first;
+    backends measured in every measurement before the others; ties by ``tiebreak`` order."""
+    measurements = [m for m in measurements if m]
+    if not measurements:
+        return []
+    common = set.intersection(*(set(m) for m in measurements))
+
+    def score(b: str) -> tuple[bool, float, int, str]:
+        logs = [math.log(m[b] / min(m.values())) for m in measurements if b in m]
+        order = tiebreak.index(b) if b in tiebreak else len(tiebreak)
+        return b not in common, sum(logs) / len(logs), order, b
+
+    return sorted(set().union(*measurements), key=score)
 
 
 def device_name(device: torch.device) -> str:
@@ -88,7 +123,7 @@ def _tables_dir() -> Path:
     """``$OPTIMLAB_DEFAULTS_DIR``, else ``defaults/`` in optimlab's cache directory."""
     if os.environ.get("OPTIMLAB_DEFAULTS_DIR"):
         return Path(os.environ["OPTIMLAB_DEFAULTS_DIR"])
-    from .kernels.cpu import cache_root  # (imports _dispatch, which imports this module)
+    from .kernels.cpp_build import cache_root  # (imports _dispatch, which imports this module)
 
     return cache_root() / "defaults"
 

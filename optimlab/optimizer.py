@@ -130,6 +130,10 @@ def _fused_update(update, group, params, grads, states, grad_scale, found_inf, e
 _fused_update_untraced = disable_dynamo(_fused_update)
 
 
+
+_GRAD = operator.attrgetter("grad")
+
+
 class _Work(NamedTuple):
     """One param group's gathered step: what ``_apply`` hands to the backend."""
 
@@ -263,7 +267,17 @@ class Optimizer(torch.optim.Optimizer):
 
     def _plan(self, group: dict, params: list[Tensor] | None = None
               ) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
-        params = [p for p in (group["params"] if params is None else params) if p.grad is not None]
+        candidates = group["params"] if params is None else params
+        if torch.compiler.is_compiling():  # what dynamo traces: plain comprehensions
+            params = [p for p in candidates if p.grad is not None]
+            grads = [p.grad for p in params]
+        else:  # per-param passes as map() of C-level callables: they run on every step
+            grads = list(map(_GRAD, candidates))
+            if any(map(operator.is_, grads, itertools.repeat(None))):
+                params = [p for p, g in zip(candidates, grads) if g is not None]
+                grads = [g for g in grads if g is not None]
+            else:
+                params = list(candidates)
         # (torch.optim.Optimizer.__setstate__ adds "differentiable" to every optimizer's
         # defaults, not to the groups; our updates read it with .get)
         missing = next((k for k in self.defaults if k not in group and k != "differentiable"), None)
@@ -271,7 +285,7 @@ class Optimizer(torch.optim.Optimizer):
             where = next((i for i, g in enumerate(self.param_groups) if g is group), "?")
             raise KeyError(f"param group {where} has no {missing!r} "
                            f"(a state_dict of another optimizer loaded into {type(self).__name__}?)")
-        if self.sparse_grad_error is not None and any(p.grad.is_sparse for p in params):
+        if self.sparse_grad_error is not None and any(g.is_sparse for g in grads):
             raise RuntimeError(self.sparse_grad_error)
         if group.get("fused") and params:
             self._check_fused(params)
@@ -338,11 +352,13 @@ class Optimizer(torch.optim.Optimizer):
         checkpoint of another optimizer left incomplete."""
         if torch.compiler.is_compiling():
             self._init_group(group)  # dynamo runs it eagerly: see _init_group
-        per_param = []
-        for p in params:
-            per_param.append(self.state.get(p) or self._new_state(group, p))
+            per_param = [self.state.get(p) for p in params]
+        else:  # (dict.get via map: the tensor hash is the only Python-level call per param)
+            per_param = list(map(self.state.get, params))
+        if not all(per_param):  # a param without state yet (dict truthiness: C-level)
+            per_param = [s or self._new_state(group, p) for s, p in zip(per_param, params)]
         owners = list(params)
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in params] if torch.compiler.is_compiling() else list(map(_GRAD, params))
         # (map with C-level callables: these run per param on every step; Tensor.is_complex()
         # is also several times cheaper than torch.is_complex, no __torch_function__ dispatch)
         states = {k: list(map(dict.get, per_param, itertools.repeat(k))) for k in self._state_keys(group)}

@@ -17,6 +17,7 @@ import torch
 import optimlab
 import optimlab.kernels.cpu as cpu  # registers the cpp backend
 from optimlab import _dispatch
+from optimlab.kernels import cpp_build
 
 # name -> list of constructor kwargs covering the options of each algorithm
 CASES = {
@@ -331,10 +332,10 @@ def test_version_counter_bumped():
 @pytest.fixture
 def no_compiler(monkeypatch):
     """The real availability path on a machine without a compiler (nothing built yet)."""
-    monkeypatch.setattr(cpu, "_module", None)
-    monkeypatch.setattr(cpu, "_checked", False)
-    monkeypatch.setattr(cpu, "_unavailable_reason", None)
-    monkeypatch.setattr(cpu.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpp_build, "_module", None)
+    monkeypatch.setattr(cpp_build, "_checked", False)
+    monkeypatch.setattr(cpp_build, "_unavailable_reason", None)
+    monkeypatch.setattr(cpp_build.shutil, "which", lambda name: None)
     monkeypatch.setattr(_dispatch, "_warned", set())
 
 
@@ -376,13 +377,13 @@ def test_no_compiler_default_warns_once(no_compiler):
                                               ("ZVECTOR", "DEFAULT")])
 def test_instruction_set_is_the_highest_the_cpu_runs(monkeypatch, torch_says, built):
     monkeypatch.delenv("OPTIMLAB_CPU_ISA", raising=False)
-    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpp_build.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: torch_says)
     assert cpu.capability() == built
 
 
 def test_instruction_set_override(monkeypatch):
-    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpp_build.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setenv("OPTIMLAB_CPU_ISA", "avx2")
     assert cpu.capability() == "AVX2"

@@ -84,6 +84,34 @@ def test_unavailable_preferred_backend_is_skipped_with_one_warning(monkeypatch, 
     assert choice.name == "foreach" and "no compiler here" in choice.reason
 
 
+def test_unavailable_measured_backend_falls_back_to_the_next_measured(monkeypatch):
+    """Without a working C++ build the CPU default is the next fastest measured backend for
+    the group's size class (the for-loop for Adam in the committed table, not foreach, which
+    measured 2x slower), with one warning; with no measurement, the preference order."""
+    monkeypatch.setitem(_dispatch._AVAILABILITY, "cpp", lambda: "no compiler here")
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    ms = {"cpp": 1.0, "foreach": 4.0, "forloop": 2.0}
+    entry = {"tensors_bucket": 0, "numel_bucket": 0, "backend": "cpp",
+             "measured": [{"ms": ms}, {"ms": {**ms, "forloop": 5.0}}, {"ms": {**ms, "forloop": 3.0}}]}
+    table = {"cpu": {"device": "test cpu", "by_size": {"adam": {"float32": {"t0-n0": entry}}}}}
+    monkeypatch.setattr(_dispatch, "measured_defaults", lambda: table)
+    with pytest.warns(UserWarning, match="no compiler here"):
+        choice = _opt().backends()[0]
+    assert choice == _dispatch.BackendChoice(
+        "forloop", "measured fastest available on test cpu (no compiler here)")
+    entry["measured"][0]["ms"]["forloop"] = 9.0  # now foreach is faster by geometric mean
+    assert _opt().backends()[0].name == "foreach"
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))  # no float64 measurement
+    assert optimlab.Adam([p]).backends()[0].name == _dispatch.DEFAULT_PREFERENCE["cpu"][1]
+
+
+def test_committed_cpu_table_falls_back_to_the_for_loop_for_adam(monkeypatch):
+    monkeypatch.setitem(_dispatch._AVAILABILITY, "cpp", lambda: "no compiler here")
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    with pytest.warns(UserWarning, match="no compiler here"):
+        assert _opt().backends()[0].name == "forloop"
+
+
 def test_register_rejects_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         _dispatch.register("adam", "gpu")

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 from pathlib import Path
 
 import optimlab
 
-from .._measured import SIZE_CLASS_RULE, _bucket, lookup  # noqa: F401  (lookup: the dispatcher's)
+from .._measured import SIZE_CLASS_RULE, _bucket, lookup, rank  # noqa: F401  (lookup: the dispatcher's)
 from .measure import OURS, Row
 
 FORMAT = 2
@@ -50,16 +49,8 @@ def _explicit(row: Row) -> str | None:
 
 def pick(measurements: list[dict[str, float]]) -> str:
     """The backend with the smallest geometric mean of time / fastest time over the measurements
-    (among the backends measured in all of them, else in any)."""
-    measurements = [m for m in measurements if m]
-    common = set.intersection(*(set(m) for m in measurements))
-    candidates = common or set().union(*measurements)
-
-    def score(b: str) -> tuple[float, int]:
-        logs = [math.log(m[b] / min(m.values())) for m in measurements if b in m]
-        return sum(logs) / len(logs), OURS.index(b)
-
-    return min(candidates, key=score)
+    (among the backends measured in all of them, else in any; ties: ``OURS`` order)."""
+    return rank(measurements, OURS)[0]
 
 
 def best_by_size(rows: list[Row]) -> dict[str, dict[str, dict[str, dict]]]:

@@ -1,5 +1,6 @@
-"""``python -m optimlab.kernels``: build optimlab's C++ CPU kernels ahead of time (see docs/cpu-backend.md)."""
+"""``python -m optimlab.kernels [--rebuild]``: build optimlab's C++ CPU kernels ahead of time
+(see docs/cpu-backend.md); ``--rebuild`` forgets a failed build remembered by the cache."""
 
-from .cpu import _main
+from .cpp_build import _main
 
 raise SystemExit(_main())

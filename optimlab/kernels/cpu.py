@@ -14,241 +14,25 @@ hyperparameters handed to the operator; what ``torch.compile`` traces and ``make
 records) and the operators' CPU implementations (``_adam_impl``, ...: step counters,
 host scalars, the C++ call; what runs when the step or the compiled graph runs).
 
-Building: the extension is compiled on first use with
-``torch.utils.cpp_extension.load`` into ``$OPTIMLAB_CACHE_DIR`` (default:
-``$TORCH_EXTENSIONS_DIR/optimlab``, else ``$XDG_CACHE_HOME/optimlab`` or
-``~/.cache/optimlab``), in a folder named after a hash of the sources, the flags,
-torch's and Python's versions and the CPU capability, so later processes just
-import it. The instruction set is the highest level torch's CPUID check finds
-(AVX512 / AVX2 / DEFAULT; ``OPTIMLAB_CPU_ISA`` overrides, see ``capability``), never
-``-march=native``; a cache shared by different machines keeps one build per
-instruction set. ``python -m optimlab.kernels`` builds ahead of time.
-
-If no compiler is found or the build fails, the backend reports itself
-unavailable with the reason: the default falls back to foreach with one
-warning, and an explicit ``fused=True`` or ``OPTIMLAB_BACKEND=cpp`` raises.
+Building and loading the extension (on first use, then cached) and the backend's
+availability are ``cpp_build.py``'s part.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import importlib.util
 import operator
-import os
-import platform
-import shutil
-import sys
-import threading
-from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from .. import _dispatch
-from .._compat import assume_constant_result
 from ..optimizer import _get_value, _to_scalar
 from . import ops
+from .cpp_build import availability, build_directory, capability, load  # (public here too)
 
 __all__ = ["availability", "build_directory", "load", "capability"]
-
-_CSRC_CANDIDATES = (
-    Path(__file__).resolve().parent / "csrc",  # shipped inside the package
-    Path(__file__).resolve().parents[2] / "csrc",  # source checkout / editable install
-)
-_SOURCES = (
-    "bindings.cpp", "fused_apply.cpp", "adam.cpp", "sgd.cpp", "adagrad.cpp", "adadelta.cpp",
-    "adamax.cpp", "asgd.cpp", "nadam.cpp", "radam.cpp", "rmsprop.cpp", "rprop.cpp",
-)
-_HEADERS = ("optim_math.h", "fused_apply.h", "kernels.h")
-
-# Instruction-set flags per torch CPU capability (what ATen compiles its own kernels with),
-# with the macros that select at::vec's matching Vectorized<T>.
-_ISA_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
-    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    "DEFAULT": [],
-}
-_FALLBACK_ORDER = ("AVX512", "AVX2", "DEFAULT")
-
-_lock = threading.Lock()
-_module: ModuleType | None = None
-_unavailable_reason: str | None = None
-_checked = False
-
-
-def csrc_dir() -> Path | None:
-    for d in _CSRC_CANDIDATES:
-        if all((d / f).is_file() for f in _SOURCES + _HEADERS):
-            return d
-    return None
-
-
-def capability() -> str:
-    """The instruction set to build for: the highest level of ``_ISA_FLAGS`` this CPU runs,
-    by torch's CPUID check (which honours ``ATEN_CPU_CAPABILITY``); ``OPTIMLAB_CPU_ISA``
-    (AVX512, AVX2 or DEFAULT) overrides it. (torch runs most of its own elementwise
-    kernels as AVX2 code on AVX-512 machines; ``benchmarks/bench_cpu_isa.py`` measures
-    both builds of these kernels: on an AMD EPYC they were within noise of each other
-    except Rprop, 10-20% faster as AVX2 (benchmarks/results/cpu-epyc-2c-isa.md).)
-    """
-    machine = _machine_level()
-    forced = os.environ.get("OPTIMLAB_CPU_ISA", "").upper()
-    if forced:
-        if forced not in _ISA_FLAGS:
-            raise ValueError(f"OPTIMLAB_CPU_ISA={forced!r}: expected one of {', '.join(_ISA_FLAGS)}")
-        if _FALLBACK_ORDER.index(forced) < _FALLBACK_ORDER.index(machine):
-            raise ValueError(f"OPTIMLAB_CPU_ISA={forced}: this CPU runs {machine} at most")
-        return forced
-    return machine
-
-
-def _machine_level() -> str:
-    """The highest instruction set of _ISA_FLAGS this CPU runs, by torch's CPUID check."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return "DEFAULT"
-    cap = torch.backends.cpu.get_cpu_capability().upper().replace(" ", "")
-    return cap if cap in _ISA_FLAGS else "DEFAULT"
-
-
-def _flags(cap: str) -> tuple[list[str], list[str]]:
-    # -ffp-contract=off: the kernels' fused multiply-adds are the explicit ones of
-    # csrc/optim_math.h (where torch's ops have them), not the compiler's choice.
-    cflags = ["-O3", "-ffp-contract=off", *_ISA_FLAGS[cap]]
-    ldflags: list[str] = []
-    if sys.platform.startswith("linux"):
-        # at::parallel_for is inline OpenMP: the kernels join torch's own libgomp thread pool.
-        cflags.append("-fopenmp")
-        ldflags.append("-fopenmp")
-    return cflags, ldflags
-
-
-def cache_root() -> Path:
-    if os.environ.get("OPTIMLAB_CACHE_DIR"):
-        return Path(os.environ["OPTIMLAB_CACHE_DIR"])
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "optimlab"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "optimlab"
-
-
-def _module_name(cap: str) -> str:
-    return f"optimlab_cpu_{cap.lower()}"
-
-
-def build_directory(cap: str | None = None, src: Path | None = None) -> Path:
-    cap = cap or capability()
-    src = src or csrc_dir()
-    digest = hashlib.sha256()
-    for f in _SOURCES + _HEADERS:
-        digest.update(f.encode() + b"\0" + (src / f).read_bytes() if src else f.encode())
-    digest.update(repr((_flags(cap), torch.__version__, sys.version_info[:2], platform.machine())).encode())
-    return cache_root() / f"cpu-{cap.lower()}-{digest.hexdigest()[:16]}"
-
-
-_STAMP = "BUILT"  # written once a build has been loaded: the library is complete
-
-
-def _import_built(name: str, directory: Path) -> ModuleType | None:
-    """Import an already built extension without running ninja (fast path of later processes)."""
-    stamp = directory / _STAMP
-    if not stamp.is_file():
-        return None
-    lib = directory / stamp.read_text().strip()
-    if not lib.is_file():
-        return None
-    try:
-        spec = importlib.util.spec_from_file_location(name, lib)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except ImportError:
-        return None  # rebuilt below
-    return module
-
-
-def _build(cap: str, src: Path, verbose: bool = False) -> ModuleType:
-    from torch.utils import cpp_extension
-
-    name = _module_name(cap)
-    directory = build_directory(cap, src)
-    module = _import_built(name, directory)
-    if module is not None:
-        return module
-    directory.mkdir(parents=True, exist_ok=True)
-    cflags, ldflags = _flags(cap)
-    # cpp_extension serialises concurrent builds of one directory with a lock file
-    module = cpp_extension.load(
-        name=name,
-        sources=[str(src / f) for f in _SOURCES],
-        extra_cflags=cflags,
-        extra_ldflags=ldflags,
-        extra_include_paths=[str(src)],
-        build_directory=str(directory),
-        verbose=verbose,
-    )
-    if Path(module.__file__).parent == directory and Path(module.__file__).stem == name:
-        tmp = directory / f"{_STAMP}.{os.getpid()}"
-        tmp.write_text(Path(module.__file__).name)
-        os.replace(tmp, directory / _STAMP)  # atomic
-    return module
-
-
-def load(verbose: bool = False) -> ModuleType:
-    """The compiled extension, building it on first use (raises if that is impossible)."""
-    global _module
-    if _module is not None:
-        return _module
-    with _lock:
-        if _module is not None:
-            return _module
-        src = csrc_dir()
-        if src is None:
-            raise RuntimeError("optimlab's C++ sources (csrc/) were not found next to the package")
-        compiler = os.environ.get("CXX", "c++")
-        if shutil.which(compiler) is None:
-            raise RuntimeError(f"no C++ compiler found (looked for {compiler!r}; set CXX to one)")
-        cap = capability()
-        errors = []
-        # An older compiler may not know the flags of the best capability: try the next ones.
-        for candidate in _FALLBACK_ORDER[_FALLBACK_ORDER.index(cap):]:
-            try:
-                _module = _build(candidate, src, verbose)
-                return _module
-            except Exception as e:  # noqa: BLE001 - reported as the reason
-                errors.append(f"{candidate}: {type(e).__name__}: {_tail(str(e))}")
-        raise RuntimeError("building optimlab's C++ CPU kernels failed: " + " | ".join(errors))
-
-
-def _tail(message: str, lines: int = 3) -> str:
-    kept = [ln for ln in message.strip().splitlines() if ln.strip()][-lines:]
-    return " / ".join(kept)
-
-
-@assume_constant_result
-def availability() -> str | None:
-    """None if the cpp backend can run here, else why not (the build is attempted once).
-
-    Decided once per process, at plan time (the dispatcher asks when it resolves a param
-    group's backend), and cached. Under ``torch.compile`` dynamo does not trace this: it
-    calls it eagerly and keeps the answer as a constant, so no compiled region contains
-    the loader, and the build happens outside it (at the first eager step, ``backends()``
-    or ``python -m optimlab.kernels``; or, if the very first step is a compiled one, once
-    while dynamo traces it)."""
-    global _checked, _unavailable_reason
-    if not _checked:
-        try:
-            load()
-            _unavailable_reason = None
-        except Exception as e:  # noqa: BLE001
-            _unavailable_reason = f"the C++ CPU backend is unavailable: {e}"
-        _checked = True
-    return _unavailable_reason
-
-
-_dispatch.register_availability("cpp", availability)
 
 _DTYPE = operator.attrgetter("dtype")
 _DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64,
@@ -308,12 +92,23 @@ def _fallback_reason(group, params, grads) -> str | None:
     # planned), and on CPU the kernels' host reads of step counters need no device sync.
     if (group.get("capturable") and not torch.compiler.is_compiling()) or group.get("differentiable"):
         return "capturable/differentiable"
-    for g in grads:  # (torch keeps each grad on its param's device)
+    # (torch keeps each grad on its param's device.) In eager, C-level passes: this runs on
+    # every step; what dynamo traces: a plain loop (it graph-breaks on map of attrgetter)
+    if not torch.compiler.is_compiling():
+        if any(map(_IS_SPARSE, grads)):
+            return "sparse grads"
+        if all(map(_IS_CPU, grads)):
+            return None
+    for g in grads:
         if g.is_sparse:
             return "sparse grads"
         if not g.is_cpu:
             return f"tensors on {g.device.type}"
     return None
+
+
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_IS_CPU = operator.attrgetter("is_cpu")
 
 
 def _run_elsewhere(algorithm, group, params, grads, state, grad_scale=None, found_inf=None) -> bool:
@@ -690,19 +485,3 @@ def _rprop_impl(params, grads, prevs, step_sizes, state_steps, etaminus, etaplus
         )
 
 
-def _main(argv=None) -> int:
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description="Build optimlab's C++ CPU kernels ahead of time.")
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    module = load(verbose=args.verbose)
-    print(f"optimlab cpp backend: {module.__file__} ({module.capability}, "
-          f"{module.vector_width_float} floats per vector), ready in {time.perf_counter() - t0:.1f}s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
