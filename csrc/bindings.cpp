@@ -1,5 +1,6 @@
 // Python bindings of optimlab's fused CPU kernels (module built by optimlab/kernels/cpu.py).
 #include <torch/python.h>  // lighter than torch/extension.h: the type casters, not the C++ API
+#include <pybind11/functional.h>  // Adafactor's callback (it takes the GIL to run)
 
 #include "kernels.h"
 
@@ -94,6 +95,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("radam", &radam, py::call_guard<py::gil_scoped_release>());
   m.def("rmsprop", &rmsprop, py::call_guard<py::gil_scoped_release>());
   m.def("rprop", &rprop, py::call_guard<py::gil_scoped_release>());
+  m.def("adafactor", &adafactor, py::call_guard<py::gil_scoped_release>());
   m.def("add_to_scalars", &add_to_scalars);
   m.def("read_scalars", &read_scalars);
   m.def("write_scalars", &write_scalars);

@@ -225,6 +225,21 @@ void run_range(const Op& op, const Prepared& pr, const Amp& amp, int64_t i, int6
   }
 }
 
+// Calls run(first, last) over the work items [0, n_items) of `total` elements: on one
+// thread for small steps, else split between torch's threads (at::parallel_for).
+template <class Run>
+void run_items(int64_t n_items, int64_t total, const Run& run) {
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+  run(0, n_items);  // torch uses OpenMP but this compiler has none: stay on one thread
+#else
+  if (total < kSerialBelow || n_items < 2) {
+    run(0, n_items);
+  } else {
+    at::parallel_for(0, n_items, 1, run);
+  }
+#endif
+}
+
 }  // namespace detail
 
 // Runs `op` over every tensor of the operand lists (see the header comment).
@@ -252,16 +267,7 @@ void fused_apply(const char* name, const Op& op, const std::vector<Operand>& ops
       }
     }
   };
-  const int64_t n_items = static_cast<int64_t>(items.size());
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-  run(0, n_items);  // torch uses OpenMP but this compiler has none: stay on one thread
-#else
-  if (total < kSerialBelow || n_items < 2) {
-    run(0, n_items);
-  } else {
-    at::parallel_for(0, n_items, 1, run);
-  }
-#endif
+  detail::run_items(static_cast<int64_t>(items.size()), total, run);
   detail::finish(pr);
 }
 

@@ -6,6 +6,7 @@
 // doubles, and torch's fused AMP arguments (grad_scale, found_inf).
 #pragma once
 
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <vector>
@@ -73,6 +74,20 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
 void rprop(const TensorList& params, const TensorList& grads, const TensorList& prevs,
            const TensorList& step_sizes, double etaminus, double etaplus, double step_size_min,
            double step_size_max, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+
+// Adafactor's call back to the host between its passes (csrc/adafactor.cpp), once per wave of
+// params first, first + 1, ...: from the norm of each param (before weight decay) and of its
+// update U, as Tensor.norm() rounds them, the coefficient of U in the param's update
+// (optimlab.adafactor's scalar functions).
+using AdafactorCoefficients =
+    std::function<Scalars(int64_t first, const Scalars& param_norms, const Scalars& update_norms)>;
+
+// row_vars, col_vars: one per param of 2+ dims, in order; variances: one per other param.
+void adafactor(const TensorList& params, const TensorList& grads, const TensorList& row_vars,
+               const TensorList& col_vars, const TensorList& variances, const Scalars& one_minus_beta2_t,
+               double eps1, double weight_decay, double decay_factor, bool maximize,
+               const AdafactorCoefficients& coefficients, const OptTensor& grad_scale,
+               const OptTensor& found_inf);
 
 // Host helpers for the 0-dim state scalars (step, eta, mu, mu_product): one call per list
 // instead of one torch op per tensor.

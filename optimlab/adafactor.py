@@ -3,11 +3,14 @@
 The update rule is in the docstring of :class:`Adafactor`. ``eps1=None`` is resolved
 from the first param updated (the first (device, dtype) bucket's for foreach) and
 used for the whole group, as torch. The scalars come from :func:`adafactor_scalars`
-and :func:`clip_denominator`, and the factored estimate from
-:func:`factored_variance`, shared by every backend.
+and :func:`clip_denominator` (built on :func:`beta2_weight`, :func:`step_size` and
+:func:`clip_from_norm`, which the cpp backend calls with the norms its kernel computes),
+and the factored estimate from :func:`factored_variance`, shared by every backend.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch import Tensor
@@ -19,17 +22,33 @@ from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 
 __all__ = ["Adafactor"]
 
+_GRAD_IS_SPARSE = operator.attrgetter("grad.is_sparse")
+
 
 def adafactor_scalars(lr, beta2_decay: float, eps2: float, step: float, param: Tensor):
     """``(one_minus_beta2_t, alpha)`` for step ``step`` (alpha from ``param`` before weight decay)."""
+    return beta2_weight(beta2_decay, step), step_size(lr, eps2, step, param.norm(2).item(), param.numel())
+
+
+def beta2_weight(beta2_decay: float, step: float) -> float:
+    """``one_minus_beta2_t = t ** beta2_decay``: the lerp weight of the new mean squares."""
+    return step**beta2_decay
+
+
+def step_size(lr, eps2: float, step: float, param_norm: float, numel: int):
+    """``alpha = max(eps2, RMS(p)) * min(lr, 1 / sqrt(t))``, from ``p.norm(2).item()``."""
     rho_t = min(lr, 1 / (step**0.5))
-    alpha = max(eps2, param.norm(2).item() / (param.numel() ** 0.5)) * rho_t
-    return step**beta2_decay, alpha
+    return max(eps2, param_norm / (numel**0.5)) * rho_t
 
 
 def clip_denominator(update: Tensor, d: float) -> float:
     """``max(1, RMS(update) / d)``: update clipping."""
-    return max(1.0, update.norm(2).item() / ((update.numel() ** 0.5) * d))
+    return clip_from_norm(update.norm(2).item(), update.numel(), d)
+
+
+def clip_from_norm(update_norm: float, numel: int, d: float) -> float:
+    """:func:`clip_denominator` from ``update.norm(2).item()``."""
+    return max(1.0, update_norm / ((numel**0.5) * d))
 
 
 def mean_sq(grad: Tensor, dim: int) -> Tensor:
@@ -109,7 +128,7 @@ def _adafactor_foreach(group, params, grads, state):
             torch._foreach_add_(p, var_estimates)
 
 
-@document(backends=("forloop", "foreach", "triton"))
+@document(backends=("forloop", "foreach", "triton", "cpp"))
 class Adafactor(Optimizer, torch.optim.Adafactor):
     """Adafactor (Shazeer & Stern, 2018), with torch's lr and eps1 conventions.
 
@@ -219,6 +238,10 @@ class Adafactor(Optimizer, torch.optim.Adafactor):
         return ("step", "row_var", "col_var", "variance")
 
     def _check_group(self, group, params):
+        # the usual case in C-level passes (every step; dynamo traces the loop instead)
+        if (not torch.compiler.is_compiling() and not any(map(Tensor.is_complex, params))
+                and not any(map(_GRAD_IS_SPARSE, params))):
+            return
         for p in params:  # torch's order: per param, complex then sparse
             if torch.is_complex(p):
                 raise RuntimeError("Adafactor does not support complex parameters")

@@ -39,6 +39,7 @@ CASES = {
     "RAdam": dict(lr=0.01, weight_decay=0.1),  # rectified from step 6 on
     "RMSprop": dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.1),
     "Rprop": dict(lr=0.01),
+    "Adafactor": dict(lr=0.01, weight_decay=0.1),
 }
 SHAPES = [(4, 3), (5,), (2, 3, 2)]
 STEPS = 10
@@ -142,7 +143,7 @@ def _train(cls, kwargs, dtype, compile_backend=None, steps=STEPS):
     return opt, history, (counter.frame_count if counter else 0), breaks
 
 
-def _compiled_case(name, dtype, backend, kwargs=None):
+def _compiled_case(name, dtype, backend, kwargs=None, extra_compiles=0):
     cls, kwargs = getattr(optimlab, name), CASES[name] if kwargs is None else kwargs
     opt, compiled, compiles, breaks = _train(cls, kwargs, dtype, backend)
     assert {c.name for c in opt.backends()} == {"cpp"}
@@ -151,12 +152,18 @@ def _compiled_case(name, dtype, backend, kwargs=None):
     for step, (c, e) in enumerate(zip(compiled, eager)):
         _close(c, e, dtype, f"step {step}, param")
     assert breaks <= torch_breaks, f"{breaks} graph breaks, torch.optim's step: {torch_breaks}"
-    assert compiles <= torch_compiles, f"{compiles} compiles, torch.optim's step: {torch_compiles}"
+    assert compiles <= torch_compiles + extra_compiles, f"{compiles} compiles, torch.optim's step: {torch_compiles}"
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [n for n in CASES if n != "Adafactor"])
 def test_compiled_step_in_graph(name):
     _compiled_case(name, torch.float64, "aot_eager")
+
+
+def test_compiled_adafactor_step_in_graph():
+    """torch.optim.Adafactor's step is not traced by dynamo at all (no compile: its
+    ``.item()``s run eagerly); optimlab's cpp step is one graph holding the operator."""
+    _compiled_case("Adafactor", torch.float64, "aot_eager", extra_compiles=1)
 
 
 @pytest.mark.parametrize("name", ["Adam", "SGD"])

@@ -485,3 +485,4 @@ def _rprop_impl(params, grads, prevs, step_sizes, state_steps, etaminus, etaplus
         )
 
 
+from . import cpu_adafactor  # noqa: E402,F401  Adafactor's update and operator (uses the helpers above)

@@ -120,6 +120,14 @@ OPS: dict[str, tuple[str, tuple[str, ...]]] = {
         "float etaminus, float etaplus, float step_size_min, float step_size_max, bool maximize",
         ("params", "grads", "prevs", "step_sizes", "state_steps"),
     ),
+    # row_vars, col_vars: one per param of 2+ dims, variances: one per other param (torch's
+    # lists hold None for the others); eps1 resolved (never None)
+    "adafactor": (
+        "Tensor[] params, Tensor[] grads, Tensor[] row_vars, Tensor[] col_vars, Tensor[] variances, "
+        "Tensor[] state_steps, float lr, float beta2_decay, float eps1, float eps2, float d, "
+        "float weight_decay, bool maximize",
+        ("params", "grads", "row_vars", "col_vars", "variances", "state_steps"),
+    ),
 }
 _COMMON = ("Tensor?[] tensor_hparams, Tensor?[] float_hparams, Tensor? grad_scale=None, "
            "Tensor? found_inf=None")
