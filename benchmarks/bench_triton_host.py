@@ -50,13 +50,18 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ("adam_family", "sgd_family", "adagrad_family", "matrix_family")
-KWARGS = {
+KWARGS = {  # every algorithm with an elementwise triton kernel
     "SGD": {"lr": 0.1, "momentum": 0.9},
     "Adam": {"lr": 1e-3},
+    "AdamW": {"lr": 1e-3},
+    "Adamax": {"lr": 2e-3},
+    "NAdam": {"lr": 1e-3},
+    "RAdam": {"lr": 1e-3},
     "RMSprop": {"lr": 1e-2},
     "Adagrad": {"lr": 1e-2},
+    "Adadelta": {"lr": 1.0},
     "ASGD": {"lr": 1e-2},
-    "NAdam": {"lr": 1e-3},
+    "Rprop": {"lr": 1e-2},
 }
 MISS_POOL = 80  # grad sets cycled through in the "miss" scenario (> the table cache's 64)
 

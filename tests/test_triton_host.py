@@ -533,3 +533,213 @@ def test_muon_amp_on_the_device(triton_env, monkeypatch):
             torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)  # unscaled in place
         _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
     assert host_reads == []
+
+
+# ---- 8. launch plans, step counters, one-value columns ---------------------------------------
+def _table_of(launch, n_roles, n):
+    """The launch table's address rows and numels, as Python lists."""
+    itab = launch.args[0]
+    return itab[:n_roles * n].tolist(), itab[n_roles * n:(n_roles + 1) * n].tolist()
+
+
+def test_plan_tables_follow_addresses_and_numels(monkeypatch):
+    """A launch site's plan knows the params and state by identity; it never hands a stale
+    table: a grad at a new address, a state tensor replaced, a param added, a param moved
+    by ``.data =``, a param given a slice of itself (same address, fewer elements) each give
+    a table of this step's addresses and numels; with nothing changed, the same table."""
+    monkeypatch.setattr(_launcher, "_PLANS", type(_launcher._PLANS)())
+    stub = _Stub("_k")
+    ps = [torch.zeros(5), torch.zeros(3)]
+    state = [torch.zeros(5), torch.zeros(3)]
+    grads = [torch.zeros(5), torch.zeros(3)]
+
+    def step():
+        _launcher.launch(stub, [ps, grads, state, None], written=(0, 2), persistent=(0, 2, 3))
+        n = len(ps)
+        ptrs, numels = _table_of(stub.launches[-1], 4, n)
+        assert ptrs == [t.data_ptr() for t in ps + grads + state] + [0] * n
+        assert numels == [p.numel() for p in ps]
+        assert stub.launches[-1].args[4] == n
+        return stub.launches[-1].args[0]
+
+    t1 = step()
+    assert step() is t1  # nothing changed: the plan's table, no new copy
+    (plan,) = _launcher._PLANS.values()
+    grads = [torch.zeros(5), torch.zeros(3)]
+    assert step() is not t1  # grads at new addresses: a new table...
+    assert list(_launcher._PLANS.values()) == [plan] and plan.alive  # ...from the same plan
+    state[1] = torch.zeros(3)  # a state tensor replaced
+    step()
+    assert list(_launcher._PLANS.values()) != [plan]
+    ps.append(torch.zeros(4))  # a param added
+    state.append(torch.zeros(4))
+    grads.append(torch.zeros(4))
+    step()
+    ps[0].data = torch.zeros(5)  # moved (same tensor object)
+    step()
+    ps[1].data = ps[1].data[:2]  # same object, same address, fewer elements
+    grads[1] = torch.zeros(2)
+    step()
+    t2 = step()
+    assert step() is t2
+
+
+def test_plan_goes_to_the_general_path_for_other_layouts(monkeypatch):
+    """What the plan does not cover (a grad with other strides, grads of two dtypes, a
+    missing state tensor) goes through the general path, step after step, and the plan
+    is used again once the inputs are usual."""
+    monkeypatch.setattr(_launcher, "_PLANS", type(_launcher._PLANS)())
+    stub = _Stub("_k")
+    ps = [torch.zeros(4, 3), torch.zeros(3)]
+    state = [torch.zeros(4, 3), torch.zeros(3)]
+
+    def launches(grads, st=state):
+        before = len(stub.launches)
+        _launcher.launch(stub, [ps, grads, st], written=(0, 1, 2), persistent=(0, 2))
+        return len(stub.launches) - before
+
+    usual = [torch.zeros(4, 3), torch.zeros(3)]
+    assert launches(usual) == 1
+    g = torch.randn(3, 4).t()  # other strides: staged (the kernel reads a contiguous copy)
+    assert launches([g, torch.zeros(3)]) == 1
+    staged = stub.launches[-1]
+    assert _table_of(staged, 3, 2)[0][2] != g.data_ptr()
+    assert launches([torch.zeros(4, 3), torch.zeros(3, dtype=torch.float64)]) == 2  # two dtypes
+    assert launches(usual) == 1
+    assert _table_of(stub.launches[-1], 3, 2)[0] == [t.data_ptr() for t in ps + usual + state]
+
+
+def test_plan_keeps_no_tensor_alive(monkeypatch):
+    """A plan refers to params and state weakly (a dead one kills the plan) and to grads
+    not at all: dropping an optimizer's tensors frees them, and a grad set to None is freed
+    before the next step."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(_launcher, "_PLANS", type(_launcher._PLANS)())
+    stub = _Stub("_k")
+    ps, gs, st = ([torch.zeros(3) for _ in range(2)] for _ in range(3))
+    _launcher.launch(stub, [ps, gs, st], written=(0,), persistent=(0, 2))
+    stub.launches.clear()  # (the stub keeps the launch arguments)
+    (plan,) = _launcher._PLANS.values()
+    grad_refs = [weakref.ref(t) for t in gs]
+    del gs
+    gc.collect()
+    assert all(r() is None for r in grad_refs) and plan.alive
+    refs = [weakref.ref(t) for t in ps + st]
+    del ps, st
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert not plan.alive
+
+
+def test_same_columns_build_the_same_scalar_table():
+    """A column of one value (``Same``) gives the table a per-tensor list gives, bit for
+    bit, on the host and with device operations (capture), full or for a subset."""
+    from optimlab.kernels.triton._host import Same
+
+    cpu = torch.device("cpu")
+    group = [1.0, -2.5]
+    lists = [[0.5] * 4, [1.25, 2.0, -0.0, 3.0], [-0.0] * 4]
+    same = [Same(0.5), lists[1], Same(-0.0)]
+    bits = lambda t: t.view(torch.int64).tolist()  # noqa: E731
+    for capturing in (False, True):
+        for idx in ([0, 1, 2, 3], [1, 3]):
+            ref = _launcher.scalar_table(group, lists, idx, cpu, capturing)
+            assert bits(_launcher.scalar_table(group, same, idx, cpu, capturing)) == bits(ref)
+            all_same = _launcher.scalar_table(group, [Same(0.5), Same(torch.tensor(-0.0))], idx, cpu, capturing)
+            assert bits(all_same) == bits(_launcher.scalar_table(group, [lists[0], lists[2]], idx, cpu, capturing))
+        t = torch.tensor([1.25, 2.0, -0.0, 3.0], dtype=torch.float32)
+        assert bits(_launcher.scalar_table([], [Same(0.5), t], [0, 1, 2, 3], cpu, capturing)) == \
+            bits(_launcher.scalar_table([], [lists[0], t.tolist()], [0, 1, 2, 3], cpu, capturing))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_step_counters_written_as_step_plus_one(dtype):
+    """CPU step counters of one value are written ``v + 1`` with one foreach copy: the
+    numbers ``step += 1`` gives, in every dtype (large counts included); counters of
+    several values take the foreach add."""
+    for v in (0.0, 1.0, 5.0, 255.0, 2048.0, 2.0**24 - 1, 2.0**24, 2.0**24 + 2, 3.0e7):
+        steps = [torch.tensor(v, dtype=dtype) for _ in range(3)]
+        ref = [s.clone() for s in steps]
+        for r in ref:
+            r += 1
+        nxt = _host.next_steps(steps, False)
+        assert nxt == float(steps[0]) + 1
+        held = _host.commit_steps(steps, None, nxt, held=True)
+        assert [s.item() for s in steps] == [r.item() for r in ref] and held == ref[0].item()
+        assert all(s.dtype == dtype and s.shape == () for s in steps)
+        again = [s.clone() for s in steps]
+        _host.commit_steps(steps, None)  # read here
+        for r in again:
+            r += 1
+        assert [s.item() for s in steps] == [r.item() for r in again]
+    mixed = [torch.tensor(1.0, dtype=dtype), torch.tensor(2.0, dtype=dtype)]
+    assert _host.next_steps(mixed, False) == [2.0, 3.0]
+    assert _host.commit_steps(mixed, None, [2.0, 3.0]) is None
+    assert [s.item() for s in mixed] == [2.0, 3.0]
+
+
+CATCH_UP_CASES = [
+    ("NAdam", dict(lr=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("ASGD", dict(lr=0.05, t0=2, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("RAdam", dict(lr=0.01)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1)),
+    ("RMSprop", dict(lr=0.01, momentum=0.5)),
+]
+
+
+@pytest.mark.parametrize("name, kw", CATCH_UP_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CATCH_UP_CASES)])
+def test_params_at_different_step_counts(name, kw, triton_env):
+    """A param without a grad on some steps falls behind on its step counter (and NAdam's
+    mu_product, ASGD's eta and mu): a group's per-tensor values then differ, and each
+    param still gets the for-loop's numbers (per distinct value, not one for the group)."""
+    gen = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3)]
+    ours = [torch.nn.Parameter(t.clone()) for t in tensors]
+    ref = [torch.nn.Parameter(t.clone()) for t in tensors]
+    o_opt, r_opt = getattr(optimlab, name)(ours, **kw), getattr(torch.optim, name)(ref, **kw, foreach=False)
+    for step in range(5):
+        for i, (p, q, g) in enumerate(zip(ours, ref, random_grads(ours, step))):
+            skip = (i == 1 and step in (1, 2)) or (i == 2 and step == 0)
+            p.grad, q.grad = (None, None) if skip else (g.clone(), g.clone())
+        o_opt.step()
+        r_opt.step()
+        _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
+
+
+def test_plan_pauses_where_tensors_are_new_every_step(monkeypatch):
+    """Where the persistent tensors are new objects on every step (the real views of
+    complex params), plans would be made and dropped on every step: after two unused
+    plans in a row, the site goes without one for a while (the general path alone)."""
+    monkeypatch.setattr(_launcher, "_PLANS", type(_launcher._PLANS)())
+    stub = _Stub("_k")
+    made = []
+    real = _launcher._Plan.__init__
+    monkeypatch.setattr(_launcher._Plan, "__init__", lambda self, *a: made.append(1) or real(self, *a))
+    params = [torch.zeros(3, dtype=torch.complex64) for _ in range(2)]
+    for step in range(10):
+        ps = [torch.view_as_real(p) for p in params]  # new views: new objects
+        _launcher.launch(stub, [ps, [torch.zeros(3, 2) for _ in ps]], written=(0,), persistent=(0,))
+        assert _table_of(stub.launches[-1], 2, 2)[0][:2] == [p.data_ptr() for p in params]
+    assert len(made) <= _launcher._PLAN_STRIKES + 1
+    plain = [torch.zeros(3) for _ in range(2)]
+    for step in range(3):
+        _launcher.launch(stub, [plain, [torch.zeros(3) for _ in plain]], written=(0,), persistent=(0,))
+    assert any(p.used for p in _launcher._PLANS.values() if isinstance(p, _launcher._Plan))
+
+
+def test_state_of_another_shape_is_refused_before_any_launch(triton_env):
+    """A state tensor smaller than its param (another model's checkpoint) would be written
+    past its end by the kernel: refused, nothing changed."""
+    p = torch.nn.Parameter(torch.randn(8))
+    p.grad = torch.randn(8)
+    opt = optimlab.Adam([p], lr=0.1)
+    opt.step()
+    opt.state[p]["exp_avg"] = torch.zeros(4)
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match=r"role 2 .* shape \(4,\), its parameter \(8,\)"):
+        opt.step()
+    assert torch.equal(p.detach(), before)

@@ -95,6 +95,7 @@ def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = Fa
 
 
 _IS_CPU = operator.attrgetter("is_cpu")
+_GRAD = operator.attrgetter("grad")
 _GET_DEVICE = operator.methodcaller("get_device")
 _IS_CUDA = operator.attrgetter("is_cuda")
 _DTYPE = operator.attrgetter("dtype")
@@ -235,7 +236,7 @@ def _register() -> None:
     _dispatch.register_check(
         "triton",
         lambda algorithm, group, params: check_group(
-            algorithm, group, params, [p.grad for p in params], KERNELS[algorithm][2] != "dense"),
+            algorithm, group, params, list(map(_GRAD, params)), KERNELS[algorithm][2] != "dense"),
     )
 
 

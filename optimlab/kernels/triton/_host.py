@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from itertools import repeat
 
@@ -12,6 +13,45 @@ from ..._common import foreach_increment
 
 
 _DEVICE = operator.attrgetter("device")
+_DTYPE = operator.attrgetter("dtype")
+_ITEM = Tensor.item
+
+
+class Same:
+    """A per-tensor column of the scalar table holding one value for every tensor (a
+    Python number or a one-element Tensor): stored once, not once per tensor."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Same({self.value!r})"
+
+
+def each(column, n: int) -> list:
+    """A column as a list of ``n`` values (:class:`Same`: its value ``n`` times)."""
+    return [column.value] * n if isinstance(column, Same) else column
+
+
+def read(tensors: list[Tensor]) -> list:
+    """The values of one-element host tensors (``.item()``, as the for-loop's ``_get_value``),
+    in one C-level pass."""
+    return list(map(_ITEM, tensors))
+
+
+def common(values: list, signed_zero: bool = False):
+    """The value every element of ``values`` equals, else None (never NaN; with
+    ``signed_zero``, a zero only when every zero has the same sign)."""
+    if not values:
+        return None
+    v = values[0]
+    if values.count(v) != len(values):  # C-level; a NaN equals only itself (the same object)
+        return None
+    if signed_zero and v == 0 and len(set(map(math.copysign, repeat(1.0), values))) != 1:
+        return None
+    return v
 
 
 def capturing() -> bool:
@@ -59,11 +99,15 @@ def on_device(steps: list[Tensor]) -> bool:
 def next_steps(steps: list[Tensor], capturable: bool):
     """The step numbers this update runs at (``step + 1``), without touching ``steps``.
 
-    A list of Python floats for CPU counters (as the for-loop's ``_get_value``); a
-    1-D tensor on the device otherwise: in the counters' dtype when capturable (as
-    torch's capturable for-loop computes), in fp64 otherwise (as ``_get_value``)."""
+    For CPU counters Python floats (as the for-loop's ``_get_value``): one float when
+    every counter holds the same value (the usual case: the columns that depend on it are
+    then computed once, and :func:`commit_steps` writes it), else a list; a 1-D tensor on
+    the device otherwise: in the counters' dtype when capturable (as torch's capturable
+    for-loop computes), in fp64 otherwise (as ``_get_value``)."""
     if not on_device(steps):
-        return [float(s) + 1 for s in steps]
+        values = read(steps)
+        v = common(values)
+        return [float(s) + 1 for s in values] if v is None else float(v) + 1
     vec = stack_scalars(steps)
     if not capturable:
         vec = vec.to(torch.float64)
@@ -71,11 +115,14 @@ def next_steps(steps: list[Tensor], capturable: bool):
 
 
 def per_tensor(fn, steps, *args):
-    """Columns ``fn(*args, step)`` for every step: a list per output for Python steps,
-    one vectorised call (device tensors) for a tensor of steps."""
+    """Columns ``fn(*args, step)`` for every step: a list per output for Python steps
+    (:class:`Same` columns for one step number, computed once), one vectorised call
+    (device tensors) for a tensor of steps."""
     if isinstance(steps, Tensor):
         out = fn(*args, steps)
         return [o if isinstance(o, Tensor) else torch.full_like(steps, float(o)) for o in out]
+    if not isinstance(steps, list):
+        return [Same(o) for o in fn(*args, steps)]
     rows, memo = [], {}
     for s in steps:  # usually one step number for the whole group: computed once
         row = memo.get(s)
@@ -85,13 +132,33 @@ def per_tensor(fn, steps, *args):
     return [list(col) for col in zip(*rows)] if rows else []
 
 
-def commit_steps(steps: list[Tensor], found_inf: Tensor | None) -> None:
-    """``step += 1``, undone where AMP found an inf (as torch's fused optimizers do)."""
+def commit_steps(steps: list[Tensor], found_inf: Tensor | None, nxt=None, held: bool = False):
+    """``step += 1``, undone where AMP found an inf (as torch's fused optimizers do).
+
+    ``nxt``: what :func:`next_steps` returned for these counters. CPU counters that all
+    hold one value ``v`` (read then, or here) are written ``v + 1`` with one foreach copy
+    of a single fp64 value, rounded to each counter's dtype exactly as ``step += 1``
+    rounds it (the sum is exact in fp64), several times cheaper than a foreach add on
+    CPU scalars, which dispatches a full binary op per counter. With ``held``, returns the
+    value every counter then holds (as ``.item()`` reads it) when that is known without
+    reading them (counters of one dtype written so), else None."""
     if not steps:
-        return
+        return None
+    if found_inf is None and not on_device(steps):
+        if nxt is None:
+            v = common(read(steps))
+            nxt = None if v is None else float(v) + 1
+        if isinstance(nxt, float):
+            src = torch.full((), nxt, dtype=torch.float64)
+            torch._foreach_copy_(steps, [src] * len(steps))
+            if not held:
+                return None
+            dtypes = set(map(_DTYPE, steps))
+            return src.to(dtypes.pop()).item() if len(dtypes) == 1 else None
     foreach_increment(steps)
     if found_inf is not None:
         torch._foreach_sub_(steps, per_device(found_inf, steps, steps[0].dtype))
+    return None
 
 
 def value(x, ref: Tensor | None = None):

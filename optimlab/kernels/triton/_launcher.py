@@ -8,6 +8,11 @@ signature (the dtype of each role: param, grad, state...). The kernel receives
   elements). Cached on the device, keyed by the addresses, so a steady-state step
   copies no table. A miss (a grad at a new address) rebuilds only the address rows:
   the entry rows, which depend on the numels alone, are cached on the host;
+* a *plan* per launch site (:class:`_Plan`): what the usual bucket (every tensor, one
+  device, one dtype per role, nothing staged) keeps between steps about the tensors the
+  optimizer holds (params, state: the ``persistent`` roles), so that a step re-reads
+  only their identities, addresses and the params' numels, and the grads' dtypes,
+  strides and addresses; its table is used while every address is the same;
 * ``stab`` (fp64): group scalars, then ``[n x K]`` per-tensor scalars. Built on the
   host from Python numbers (one small copy) or, when a scalar is a device tensor
   (capturable, Tensor lr on the device, fused step counters) or a CUDA graph is being
@@ -28,9 +33,11 @@ staged through contiguous copies and written back after the launch.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import math
 import operator
+import weakref
 from collections import OrderedDict
 from itertools import chain, repeat
 from typing import Sequence
@@ -40,7 +47,7 @@ from torch import Tensor
 
 from . import KernelCompileError, interpreting
 from . import _helpers as _h
-from ._host import capturing
+from ._host import Same, capturing
 
 #: elements per block and blocks per program (a chunk is BLOCK * ITERS elements)
 BLOCK = 1024
@@ -64,11 +71,23 @@ _CAPTURED_TABLES: dict[tuple, "_Table"] = {}
 _ENTRY_CACHE: "OrderedDict[tuple, tuple[Tensor, int]]" = OrderedDict()
 _ENTRY_CACHE_SIZE = 64
 _COMPILED: set[tuple] = set()
+#: launch plans (:class:`_Plan`) per (kernel, first param's address, number of params, chunk)
+_PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
+#: (one per param group and kernel: a model with a group per layer has hundreds; a plan of
+#: dead tensors holds only its table and address lists until it is evicted)
+_PLAN_CACHE_SIZE = 1024
+#: plans made at a site and replaced before any use, in a row, after which the site goes
+#: without one for _PLAN_PAUSE steps (its tensors are new objects every step)
+_PLAN_STRIKES = 2
+_PLAN_PAUSE = 64
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _DEVICE = operator.attrgetter("device")
 _DTYPE = operator.attrgetter("dtype")
+_PTR = Tensor.data_ptr
+_NUMEL = Tensor.numel
+_STRIDE = Tensor.stride
 
 
 def chunk_config() -> tuple[int, int]:
@@ -125,11 +144,17 @@ class _Bucket:
     non-dense param is staged, with all its roles, through contiguous copies. Staged
     tensors of written roles are copied back by :meth:`finish`."""
 
+    plan: "_Plan | None" = None
+    ptrs: "list[list[int]] | None" = None  # each role's addresses, when already read
+    same: bool = False  # ptrs are those of the plan's table
+
     def __init__(self, indices: list[int], roles: Sequence[Sequence[Tensor | None]], full: bool = False):
         self.indices = indices
         self.roles: list[Sequence[Tensor | None]] = []
         self._staged: list[list[tuple[Tensor, Tensor]]] = [[] for _ in roles]
+        self.as_is = True  # every role used as it is (nothing staged)
         params = roles[0] if full else [roles[0][i] for i in indices]
+        _check_shapes(params, roles, indices, full)
         # the usual case, checked with C-level passes: contiguous params, and roles with
         # the params' strides (or absent) are used as they are
         contiguous = all(map(Tensor.is_contiguous, params))
@@ -139,6 +164,7 @@ class _Bucket:
             if contiguous and (k == 0 or _same_strides(row, strides)):
                 self.roles.append(row)
                 continue
+            self.as_is = False
             self.roles.append([self._stage(k, p, t) for p, t in zip(params, row)])
 
     def _stage(self, k: int, p: Tensor, t: Tensor | None) -> Tensor | None:
@@ -156,9 +182,34 @@ class _Bucket:
         return s
 
     def finish(self, written: Sequence[int]) -> None:
+        if self.as_is:
+            return
         for k in written:
             for orig, staged in self._staged[k]:
                 orig.copy_(staged)
+
+
+def _check_shapes(params, roles, indices, full: bool) -> None:
+    """Every grad/state tensor has its param's shape (the kernel indexes all roles by the
+    param's numel: a smaller state tensor, e.g. from another model's checkpoint, would be
+    written past its end). Raises before anything is launched."""
+    shapes = list(map(_SHAPE, params))
+    for k, r in enumerate(roles[1:], 1):
+        row = r if full else [r[i] for i in indices]
+        try:
+            if list(map(_SHAPE, row)) == shapes:
+                continue
+        except AttributeError:  # a None among tensors, or an absent role
+            pass
+        for p, t in zip(params, row):
+            if t is not None and t.shape != p.shape:
+                raise RuntimeError(
+                    f"optimlab (triton backend): a tensor of role {k} (grad or state) has shape "
+                    f"{tuple(t.shape)}, its parameter {tuple(p.shape)} (a state_dict of another "
+                    "model loaded?); nothing was updated")
+
+
+_SHAPE = operator.attrgetter("shape")
 
 
 def _same_strides(row, strides) -> bool:
@@ -222,16 +273,32 @@ def aligned(ptrs: Sequence[int], numels: Sequence[int], chunk: int) -> bool:
     address a multiple of 16 bytes, every numel and chunk a multiple of 8 elements, so that
     the compiler may use 128-bit loads and stores. Tensors from the caching allocator are
     aligned; a view at an odd storage offset or an odd numel makes the launch scalar."""
-    align_b, align_n = _h.ALIGN_BYTES.value, _h.ALIGN_ELEMS.value
-    return (chunk % align_n == 0 and not any(p % align_b for p in ptrs)
-            and not any(n % align_n for n in numels))
+    return _aligned(_int64(ptrs), _numels_aligned(numels), chunk)
+
+
+def _numels_aligned(numels) -> bool:
+    return not any(map(_h.ALIGN_ELEMS.value.__rmod__, numels))
+
+
+def _aligned(ptrs: Tensor, numels_aligned: bool, chunk: int) -> bool:
+    """:func:`aligned` from the addresses as a host int64 tensor (one tensor operation)."""
+    return (numels_aligned and chunk % _h.ALIGN_ELEMS.value == 0
+            and not bool(torch.remainder(ptrs, _h.ALIGN_BYTES.value).any()))
+
+
+def _int64(values: Sequence[int]) -> Tensor:
+    """Host int64 tensor of Python ints (through an ``array``: several times cheaper
+    than ``torch.tensor`` on a list)."""
+    if not values:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.frombuffer(array.array("q", values), dtype=torch.int64)
 
 
 def _addresses(row) -> list[int]:
     if row[0] is None and _all_none(row):
         return [0] * len(row)
     try:
-        return list(map(Tensor.data_ptr, row))
+        return list(map(_PTR, row))
     except TypeError:  # a None among tensors
         return [0 if t is None else t.data_ptr() for t in row]
 
@@ -263,15 +330,25 @@ class CaptureError(RuntimeError):
 
 
 def _table(bucket: _Bucket, chunk: int, device, is_capturing: bool = False, what: str = "") -> tuple[tuple, _Table]:
-    ptrs = list(chain.from_iterable(map(_addresses, bucket.roles)))
-    numels = tuple(map(Tensor.numel, bucket.roles[0]))
-    key = (device, chunk, tuple(ptrs), numels)
+    plan = bucket.plan
+    if plan is not None:
+        if bucket.same and plan.table is not None:  # every address as before
+            return plan.key, plan.table
+        rows = bucket.ptrs
+        numels = plan.numels
+    else:
+        rows = bucket.ptrs if bucket.ptrs is not None else list(map(_addresses, bucket.roles))
+        numels = tuple(map(_NUMEL, bucket.roles[0]))
+    ptrs = tuple(chain.from_iterable(rows))
+    key = (device, chunk, ptrs, numels)
     hit = _CAPTURED_TABLES.get(key)
+    if hit is None:
+        hit = _TABLE_CACHE.get(key)
+        if hit is not None:
+            _TABLE_CACHE.move_to_end(key)
     if hit is not None:
-        return key, hit
-    hit = _TABLE_CACHE.get(key)
-    if hit is not None:
-        _TABLE_CACHE.move_to_end(key)
+        if plan is not None:
+            plan.remember(rows, key, hit)
         return key, hit
     if is_capturing:
         raise CaptureError(
@@ -283,13 +360,168 @@ def _table(bucket: _Bucket, chunk: int, device, is_capturing: bool = False, what
             "zero_grad(set_to_none=False) before the warm-up step and the capture, so that "
             "backward writes the grads in place). Nothing was updated.")
     tail, n_entries = _entries(chunk, numels)
-    host = torch.cat([torch.tensor(ptrs, dtype=torch.int64), tail]) if ptrs else tail
+    if plan is not None:  # the rows of the roles the plan holds are kept as host tensors
+        row_ts = [plan.row_tensor(k, r) for k, r in enumerate(rows)]
+        ptr_t = torch.cat(row_ts) if row_ts else _int64([])
+        numels_aligned = plan.numels_aligned
+    else:
+        ptr_t = _int64(ptrs)
+        numels_aligned = _numels_aligned(numels)
+    host = torch.cat([ptr_t, tail]) if ptrs else tail
     entry = _Table(_to_device(host, device), n_entries, _current_stream(device),
-                   aligned(ptrs, numels, chunk))
+                   _aligned(ptr_t, numels_aligned, chunk))
     _TABLE_CACHE[key] = entry
     if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
         _TABLE_CACHE.popitem(last=False)
+    if plan is not None:
+        plan.remember(rows, key, entry)
     return key, entry
+
+
+class _Plan:
+    """What one launch site's usual bucket keeps between steps: every tensor in one
+    bucket (one device, one dtype per role, no empty tensor) used as it is (contiguous
+    params, every role with the params' strides).
+
+    ``persistent`` roles (the params, role 0, and the state: tensors the optimizer holds)
+    are known by identity: their ids, guarded by weak references (a tensor that dies
+    kills the plan, so an id in a live plan is always the same tensor), and their
+    addresses; the params' numels are re-read every step (a param resized in place, or
+    given a slice of itself as ``.data``, keeps its address). Other roles (grads, which
+    are new tensors on most steps) are checked every step as the general path checks
+    them: one dtype, the params' strides. The plan's last table is used while every
+    address of every role is the same as when it was built; otherwise the table caches
+    are asked (addresses are the key) and, on a miss, a table is built from the kept
+    host rows of the persistent roles and the new rows of the others."""
+
+    __slots__ = ("alive", "used", "strikes", "none", "ids", "refs", "numel_list", "numels",
+                 "numels_aligned", "strides", "ptrs", "rows", "key", "table", "__weakref__")
+
+    def __init__(self, roles, persistent, ptrs: list[list[int]], strikes: int) -> None:
+        params = roles[0]
+        self.alive = True
+        self.used = False  # used by a step since it was made
+        self.strikes = strikes  # plans made at this site before this one, in a row, never used
+        self.none = tuple(r is None for r in roles)
+        self.ids: dict[int, list[int]] = {}
+        self.refs = []  # the weak references (kept: a reference that dies calls nothing)
+        die = self._die
+        for k in persistent:
+            if roles[k] is not None and roles[k][0] is not None:
+                self.ids[k] = list(map(id, roles[k]))
+                self.refs.append(list(map(weakref.ref, roles[k], repeat(die))))
+        self.numel_list = list(map(_NUMEL, params))
+        self.numels = tuple(self.numel_list)
+        self.numels_aligned = _numels_aligned(self.numels)
+        self.strides = list(map(_STRIDE, params))
+        self.ptrs = ptrs
+        self.rows: dict[int, Tensor] = {}  # host int64 address rows of the persistent roles
+        self.key = self.table = None
+
+    def _die(self, _ref) -> None:
+        self.alive = False
+
+    def row_tensor(self, k: int, ptrs: list[int]) -> Tensor:
+        t = self.rows.get(k)
+        if t is None:
+            t = _int64(ptrs)
+            if k in self.ids or self.none[k]:  # addresses that hold while the plan does
+                self.rows[k] = t
+        return t
+
+    def remember(self, rows, key, table) -> None:
+        self.ptrs, self.key, self.table = rows, key, table
+
+    def bucket(self, roles) -> "_Bucket | None":
+        """The bucket of this step's ``roles`` if the plan holds for them (else None)."""
+        if not self.alive or len(roles) != len(self.none):
+            return None
+        params = roles[0]
+        if list(map(_NUMEL, params)) != self.numel_list:
+            return None
+        ptrs = []
+        same = True
+        for k, row in enumerate(roles):
+            if row is None:
+                if not self.none[k]:
+                    return None
+                ptrs.append(self.ptrs[k])
+                continue
+            if self.none[k]:
+                return None
+            ids = self.ids.get(k)
+            if ids is not None:
+                if list(map(id, row)) != ids:
+                    return None
+                p = list(map(_PTR, row))
+                if p != self.ptrs[k]:  # a held tensor moved (``.data =``): read it all again
+                    return None
+            else:
+                try:
+                    if len(set(map(_DTYPE, row))) != 1 or list(map(_STRIDE, row)) != self.strides:
+                        return None
+                except (AttributeError, TypeError):  # a None among tensors
+                    return None
+                p = list(map(_PTR, row))
+                same = same and p == self.ptrs[k]
+            ptrs.append(p)
+        b = _Bucket.__new__(_Bucket)  # (every role as it is: nothing to check or stage)
+        b.indices = range(len(params))
+        b.roles = [r if r is not None else _nones(len(params)) for r in roles]
+        b._staged, b.as_is = (), True
+        b.plan, b.ptrs, b.same = self, ptrs, same
+        return b
+
+
+def _nones(n: int) -> list[None]:
+    return [None] * n
+
+
+def _planned_buckets(kernel, roles, persistent, chunk) -> list[_Bucket]:
+    """:func:`buckets` of ``roles`` through the launch site's :class:`_Plan` (made when
+    the general path finds the usual single bucket)."""
+    params = roles[0]
+    n = len(params)
+    # (keyed by the first param's address: real views of complex params, new objects on
+    # every step, still find the plan their site had; the plan checks identities)
+    pkey = (kernel, params[0].data_ptr(), n, chunk) if n else None
+    plan = _PLANS.get(pkey)
+    strikes = 0
+    if plan is not None:
+        if type(plan) is _NoPlan:
+            plan.left -= 1
+            if plan.left > 0:
+                return buckets([r if r is not None else _nones(n) for r in roles])
+        else:
+            b = plan.bucket(roles)
+            if b is not None:
+                plan.used = True
+                _PLANS.move_to_end(pkey)
+                return [b]
+            strikes = 0 if plan.used else plan.strikes + 1
+        del _PLANS[pkey]
+    bucket_list = buckets([r if r is not None else _nones(n) for r in roles])
+    if n and len(bucket_list) == 1 and bucket_list[0].as_is and len(bucket_list[0].indices) == n:
+        if strikes >= _PLAN_STRIKES:
+            _PLANS[pkey] = _NoPlan(_PLAN_PAUSE)
+        else:
+            b = bucket_list[0]
+            b.ptrs = list(map(_addresses, b.roles))
+            b.plan = _PLANS[pkey] = _Plan(roles, persistent, b.ptrs, strikes)
+        if len(_PLANS) > _PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    return bucket_list
+
+
+class _NoPlan:
+    """A launch site whose plans did not hold (its persistent tensors are new objects on
+    every step, e.g. the real views of complex params): the general path, and no plan
+    made, for the next ``left`` steps."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
 
 
 def _index_table(bucket: _Bucket, chunk: int, device, is_capturing: bool = False) -> tuple[Tensor, int]:
@@ -360,29 +592,40 @@ def scalar_table(group_scalars: Sequence, columns: Sequence, indices: list[int],
     """fp64 table: group scalars, then for each tensor of the bucket one value per column.
 
     A value is a Python number or a one-element Tensor; a column is a list (one value
-    per tensor of the group) or a 1-D Tensor; ``full``: ``indices`` are every tensor of
-    the group. With every value on the host (and no graph being captured) the table is
-    built on the host and copied once; otherwise it is built with device operations
-    only: device values are gathered where they are (no host sync), Python values are
-    filled in (no host-to-device copy), so a capturing step records no copy."""
+    per tensor of the group), a 1-D Tensor, or :class:`~._host.Same` (one value for every
+    tensor); ``full``: ``indices`` are every tensor of the group. With every value on the
+    host (and no graph being captured) the table is built on the host, with tensor
+    operations (no Python-level pass per tensor for Same and Tensor columns), and copied
+    once; otherwise it is built with device operations only: device values are gathered
+    where they are (no host sync), Python values are filled in (no host-to-device copy),
+    so a capturing step records no copy."""
+    sized = [c for c in columns if not isinstance(c, Same)]
     if full is None:
-        n = len(columns[0]) if columns else len(indices)
-        full = len(indices) == n
+        full = not sized or len(indices) == len(sized[0])
     host = not is_capturing and _host_values(group_scalars, device) and all(
-        (not _on_device(c, device)) if isinstance(c, Tensor) else _host_values(c, device)
+        _host_values((c.value,), device) if isinstance(c, Same)
+        else (not _on_device(c, device)) if isinstance(c, Tensor) else _host_values(c, device)
         for c in columns
     )
+    nb = len(indices)
     if host:
-        vals = [float(v) for v in group_scalars]
-        if columns:
-            cols = []
-            for c in columns:
-                if isinstance(c, Tensor):
-                    cols.append((c if full else c[indices]).tolist())
-                else:
-                    cols.append(list(map(float, c)) if full else [float(c[i]) for i in indices])
-            vals.extend(chain.from_iterable(zip(*cols)))
-        return _to_device(torch.tensor(vals or [0.0], dtype=torch.float64), device)
+        head = [float(v) for v in group_scalars]
+        if not columns:
+            return _to_device(torch.tensor(head or [0.0], dtype=torch.float64), device)
+        if not sized:  # one row for every tensor
+            vals = torch.tensor(head + [float(c.value) for c in columns], dtype=torch.float64)
+            return _to_device(torch.cat([vals[:len(head)], vals[len(head):].repeat(nb)]), device)
+        cols = []
+        for c in columns:
+            if isinstance(c, Same):
+                cols.append(torch.full((nb,), float(c.value), dtype=torch.float64))
+            elif isinstance(c, Tensor):
+                cols.append((c if full else c[indices]).detach().to(device="cpu", dtype=torch.float64))
+            else:
+                cols.append(torch.tensor(list(map(float, c)) if full else [float(c[i]) for i in indices],
+                                         dtype=torch.float64))
+        table = torch.cat([torch.tensor(head, dtype=torch.float64), torch.stack(cols, dim=1).reshape(-1)])
+        return _to_device(table, device)
 
     def dev(v):
         if isinstance(v, Tensor):
@@ -404,7 +647,11 @@ def scalar_table(group_scalars: Sequence, columns: Sequence, indices: list[int],
     if columns:
         cols = []
         for c in columns:
-            if isinstance(c, Tensor):
+            if isinstance(c, Same):
+                v = dev(c.value)
+                cols.append(v.reshape(1).expand(nb) if isinstance(v, Tensor) else
+                            torch.full((nb,), float(v), dtype=torch.float64, device=device))
+            elif isinstance(c, Tensor):
                 c = _take(c, indices, full)
                 if c.is_cpu and device.type != "cpu":
                     cols.append(_filled(c.tolist(), device))
@@ -425,23 +672,35 @@ def launch(
     *,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    persistent: Sequence[int] = (),
     **constexprs,
 ) -> None:
     """Run ``kernel`` over every tensor of ``roles`` (role 0 = params) in as few launches
     as there are (device, dtype signature) buckets. Every bucket is prepared and compiled
     before any is launched: a compile failure raises :class:`KernelCompileError`, a step
-    that cannot be captured :class:`CaptureError`, with nothing updated."""
+    that cannot be captured :class:`CaptureError`, with nothing updated.
+
+    ``persistent``: the roles whose tensors live from step to step (role 0, the params,
+    and the state the optimizer holds; never grads or temporaries): with any, the launch
+    goes through the site's :class:`_Plan`."""
     block, iters = chunk_config()
     n = len(roles[0])
-    roles = [r if r is not None else [None] * n for r in roles]
+    chunk = block * iters
+    if persistent:
+        bucket_list = _planned_buckets(kernel, roles, persistent, chunk)
+    else:
+        bucket_list = buckets([r if r is not None else [None] * n for r in roles])
     _compile_and_run(
-        kernel, buckets(roles), n, len(roles), block * iters, written, group_scalars, columns,
+        kernel, bucket_list, n, len(roles), chunk, written, group_scalars, columns,
         grad_scale, found_inf, dict(BLOCK=block, ITERS=iters, **constexprs), align=True,
     )
 
 
 class _Raw:
     """A bucket used as it is: the caller guarantees the layouts the kernel assumes."""
+
+    plan = ptrs = None
+    same = False
 
     def __init__(self, indices: list[int], roles: Sequence[Sequence[Tensor | None]]):
         self.indices = indices

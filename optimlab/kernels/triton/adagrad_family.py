@@ -51,14 +51,15 @@ def _neg_clr(lr, lr_decay, step):
 def adagrad(group, params, grads, state, grad_scale=None, found_inf=None):
     lr, wd = _to_scalar(group["lr"]), group["weight_decay"]
     steps = state["step"]
-    columns = per_tensor(_neg_clr, next_steps(steps, group.get("capturable", False)), lr, group["lr_decay"])
+    nxt = next_steps(steps, group.get("capturable", False))
+    columns = per_tensor(_neg_clr, nxt, lr, group["lr_decay"])
     launch(
         _adagrad_kernel, [params, grads, state["sum"]], written=(0, 1, 2),
         group_scalars=[value(wd, params[0]), group["eps"]], columns=columns,
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2),
         MAXIMIZE=bool(group["maximize"]), HAS_WD=wd != 0,
     )
-    commit_steps(steps, found_inf)
+    commit_steps(steps, found_inf, nxt)
 
 
 @triton.jit
@@ -121,7 +122,7 @@ def rmsprop(group, params, grads, state, grad_scale=None, found_inf=None):
          state["grad_avg"] if centered else None],
         written=(0, 1, 2, 3, 4),
         group_scalars=[-value(lr, ref), alpha, 1 - alpha, group["eps"], value(wd, ref), momentum],
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3, 4),
         MAXIMIZE=bool(group["maximize"]), HAS_WD=wd != 0, MOMENTUM=momentum > 0,
         CENTERED=bool(centered),
     )
@@ -172,7 +173,7 @@ def adadelta(group, params, grads, state, grad_scale=None, found_inf=None):
         _adadelta_kernel, [params, grads, state["square_avg"], state["acc_delta"]],
         written=(0, 1, 2, 3),
         group_scalars=[-value(lr, ref), rho, 1 - rho, group["eps"], value(wd, ref)],
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
         MAXIMIZE=bool(group["maximize"]), HAS_WD=wd != 0,
     )
     commit_steps(state["step"], found_inf)

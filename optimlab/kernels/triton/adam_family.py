@@ -6,6 +6,10 @@ corrections are computed); the kernel only applies them.
 
 from __future__ import annotations
 
+import math
+import operator
+from itertools import repeat
+
 import torch
 import triton
 import triton.language as tl
@@ -13,8 +17,10 @@ import triton.language as tl
 from ...adam import adam_scalars
 from ...optimizer import _to_scalar
 from . import _helpers as h
-from ._host import commit_steps, next_steps, per_device, per_tensor, stack_scalars, value
+from ._host import Same, commit_steps, common, next_steps, per_device, per_tensor, read, stack_scalars, value
 from ._launcher import launch
+
+_DTYPE = operator.attrgetter("dtype")
 
 
 @triton.jit
@@ -96,7 +102,8 @@ def adam(group, params, grads, state, grad_scale=None, found_inf=None):
     steps = state["step"]
     ref = params[0]
     b1, b2 = value(beta1, ref), value(beta2, ref)
-    columns = per_tensor(_neg_adam_scalars, next_steps(steps, group["capturable"]), lr, beta1, beta2)
+    nxt = next_steps(steps, group["capturable"])
+    columns = per_tensor(_neg_adam_scalars, nxt, lr, beta1, beta2)
     decay = 1 - lr * wd if wd != 0 and group.get("decoupled_weight_decay") else 1.0
     group_scalars = [1 - b1, b2, 1 - b2, group["eps"], wd, decay]
     roles = [params, grads, state["exp_avg"], state["exp_avg_sq"],
@@ -104,10 +111,10 @@ def adam(group, params, grads, state, grad_scale=None, found_inf=None):
     launch(
         _adam_kernel, roles, written=range(len(roles)),
         group_scalars=group_scalars, columns=columns,
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3, 4),
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group), AMSGRAD=bool(amsgrad),
     )
-    commit_steps(steps, found_inf)
+    commit_steps(steps, found_inf, nxt)
 
 
 # ---- Adamax ------------------------------------------------------------------------------
@@ -156,14 +163,15 @@ def adamax(group, params, grads, state, grad_scale=None, found_inf=None):
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
     steps = state["step"]
     ref = params[0]
-    columns = per_tensor(_neg_adamax_step, next_steps(steps, group["capturable"]), lr, beta1)
+    nxt = next_steps(steps, group["capturable"])
+    columns = per_tensor(_neg_adamax_step, nxt, lr, beta1)
     launch(
         _adamax_kernel, [params, grads, state["exp_avg"], state["exp_inf"]], written=(0, 1, 2, 3),
         group_scalars=[1 - value(beta1, ref), value(beta2, ref), group["eps"], group["weight_decay"]],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
         MAXIMIZE=bool(group["maximize"]), WD_MODE=1 if group["weight_decay"] != 0 else 0,
     )
-    commit_steps(steps, found_inf)
+    commit_steps(steps, found_inf, nxt)
 
 
 # ---- NAdam -------------------------------------------------------------------------------
@@ -205,28 +213,59 @@ def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
     wd, md, capturable = group["weight_decay"], group["momentum_decay"], group["capturable"]
     steps, mus = state["step"], state["mu_product"]
     nxt = next_steps(steps, capturable)
-    if isinstance(nxt, list):  # mu_product advances on a copy, committed after the launch
-        new_mus = [mu.clone() for mu in mus]
-        cols = [nadam_scalars(lr, beta1, beta2, md, s, mu, capturable) for s, mu in zip(nxt, new_mus)]
-        columns = [list(c) for c in zip(*cols)]
-    else:
+    # mu_product advances on copies (one per distinct value), committed after the launch
+    if isinstance(nxt, torch.Tensor):
         mu_vec = stack_scalars(mus)
         columns = list(nadam_scalars(lr, beta1, beta2, md, nxt.to(mu_vec.dtype) if capturable else nxt,
                                      mu_vec, True))
         new_mus = list(mu_vec.unbind())
+    elif capturable:  # (CPU counters) tensor math on each param's own mu_product
+        new_mus = [mu.clone() for mu in mus]
+        each = nxt if isinstance(nxt, list) else repeat(nxt)
+        cols = [nadam_scalars(lr, beta1, beta2, md, s, mu, True) for s, mu in zip(each, new_mus)]
+        columns = [list(c) for c in zip(*cols)]
+    else:
+        columns, new_mus = _nadam_host(lr, beta1, beta2, md, nxt, mus)
     decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
     launch(
         _nadam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]], written=(0, 1, 2, 3),
         group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
     if found_inf is not None:
         keeps = per_device(found_inf != 0, mus)
         new_mus = [torch.where(keep, old, new.to(device=old.device, dtype=old.dtype))
                    for keep, old, new in zip(keeps, mus, new_mus)]
-    torch._foreach_copy_(mus, [n.reshape(o.shape).to(o.dtype) for o, n in zip(mus, new_mus)])
-    commit_steps(steps, found_inf)
+    # (copy_ rounds to each mu_product's dtype, and broadcasts a 0-dim value to its shape)
+    torch._foreach_copy_(mus, new_mus)
+    commit_steps(steps, found_inf, nxt)
+
+
+def _nadam_host(lr, beta1, beta2, md, nxt, mus):
+    """NAdam's columns and advanced ``mu_product`` copies for CPU state, from the values as
+    the for-loop reads them: :func:`nadam_scalars` once per distinct (step, mu_product
+    value, dtype), on a 0-dim copy of that mu_product, so every value is the for-loop's.
+    Usually one: every column is then :class:`~._host.Same`."""
+    from ...nadam import nadam_scalars
+
+    values = read(mus)
+    m = common(values, signed_zero=True)
+    if isinstance(nxt, float) and m is not None and len(set(map(_DTYPE, mus))) == 1:
+        new = mus[0].reshape(()).clone()
+        return [Same(c) for c in nadam_scalars(lr, beta1, beta2, md, nxt, new, False)], [new] * len(mus)
+    memo: dict = {}
+    rows, new_mus = [], []
+    steps = nxt if isinstance(nxt, list) else repeat(nxt)
+    for s, v, mu in zip(steps, values, mus):
+        key = (s, v, math.copysign(1.0, v), mu.dtype)
+        hit = memo.get(key)
+        if hit is None:
+            new = mu.reshape(()).clone()
+            hit = memo[key] = (new, nadam_scalars(lr, beta1, beta2, md, s, new, False))
+        new_mus.append(hit[0])
+        rows.append(hit[1])
+    return [list(c) for c in zip(*rows)], new_mus
 
 
 # ---- RAdam -------------------------------------------------------------------------------
@@ -274,15 +313,16 @@ def radam(group, params, grads, state, grad_scale=None, found_inf=None):
     wd = group["weight_decay"]
     steps = state["step"]
     ref = params[0]
-    columns = per_tensor(_radam_cols, next_steps(steps, group["capturable"]), lr, beta1, beta2)
+    nxt = next_steps(steps, group["capturable"])
+    columns = per_tensor(_radam_cols, nxt, lr, beta1, beta2)
     decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
     launch(
         _radam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]], written=(0, 1, 2, 3),
         group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay, value(lr, ref)],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
-    commit_steps(steps, found_inf)
+    commit_steps(steps, found_inf, nxt)
 
 
 # ---- SparseAdam ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import triton.language as tl
 from ...optimizer import _to_scalar
 from . import _helpers as h
 from . import _host
-from ._host import capturing, commit_steps, stack_scalars, value
+from ._host import Same, capturing, commit_steps, common, each, per_tensor, read, stack_scalars, value
 from ._launcher import CaptureError, launch
 
 
@@ -59,7 +59,7 @@ def sgd(group, params, grads, state, grad_scale=None, found_inf=None):
     lr, wd, momentum = _to_scalar(group["lr"]), group["weight_decay"], group["momentum"]
     ref = params[0]
     bufs = state.get("momentum_buffer")
-    new_bufs, first = None, [0.0] * len(params)
+    new_bufs, first = None, Same(0.0)
     if momentum != 0:
         missing = ([i for i, b in enumerate(bufs) if b is None]
                    if any(map(operator.is_, bufs, repeat(None))) else [])
@@ -76,13 +76,15 @@ def sgd(group, params, grads, state, grad_scale=None, found_inf=None):
             if float(found_inf) != 0:
                 return
         new_bufs = list(bufs)
+        if missing:
+            first = [0.0] * len(params)
         for i in missing:
             new_bufs[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
             first[i] = 1.0
     launch(
         _sgd_kernel, [params, grads, new_bufs], written=(0, 1, 2),
         group_scalars=[-value(lr, ref), value(wd, ref), momentum, 1 - group["dampening"]],
-        columns=[first], grad_scale=grad_scale, found_inf=found_inf,
+        columns=[first], grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2),
         MAXIMIZE=bool(group["maximize"]), HAS_WD=bool(wd != 0), MOMENTUM=momentum != 0,
         NESTEROV=bool(group["nesterov"]),
     )
@@ -141,23 +143,28 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
         if not capturable:  # the for-loop's 1 - lambd * eta.item(), in double
             eta = eta.to(torch.float64)
         columns = [1 - lambd * eta, -eta, stack_scalars(mus)]
-    else:
-        eta_vals = [e.item() for e in etas]
-        columns = [[1 - lambd * e for e in eta_vals], [-e for e in eta_vals], [m.item() for m in mus]]
+    else:  # the values as the for-loop reads them (.item()); usually one for the group
+        eta_vals, mu_vals = read(etas), read(mus)
+        e, m = common(eta_vals, signed_zero=True), common(mu_vals, signed_zero=True)
+        columns = ([Same(1 - lambd * e), Same(-e)] if e is not None else
+                   [[1 - lambd * v for v in eta_vals], [-v for v in eta_vals]])
+        columns.append(Same(m) if m is not None else mu_vals)
     launch(
         _asgd_kernel, [params, grads, state["ax"]], written=(0, 1, 2),
         group_scalars=[value(group["weight_decay"], ref)], columns=columns,
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2),
         MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
     if not on_dev:
         if found_inf is not None and float(found_inf) != 0:
             return
-        commit_steps(steps, found_inf)
-        for eta, mu, s in zip(etas, mus, steps):
-            new_eta, new_mu = asgd_next(lr, lambd, alpha, t0, float(s))
-            eta.copy_(new_eta)
-            mu.copy_(new_mu)
+        s = commit_steps(steps, found_inf, held=True)
+        # eta and mu after this step: asgd_next once per distinct step count (usually one),
+        # the tensors it returns copied into every eta / mu at that count (one foreach copy)
+        new_eta, new_mu = per_tensor(asgd_next, s if s is not None else list(map(float, read(steps))),
+                                     lr, lambd, alpha, t0)
+        torch._foreach_copy_(etas, each(new_eta, len(etas)))
+        torch._foreach_copy_(mus, each(new_mu, len(mus)))
         return
     commit_steps(steps, found_inf)
     # eta and mu after this step, from the shared scalar functions, vectorised over the
@@ -222,6 +229,7 @@ def rprop(group, params, grads, state, grad_scale=None, found_inf=None):
     launch(
         _rprop_kernel, [params, grads, state["prev"], state["step_size"]], written=(0, 1, 2, 3),
         group_scalars=[etaminus, etaplus, size_min, size_max],
-        grad_scale=grad_scale, found_inf=found_inf, MAXIMIZE=bool(group["maximize"]),
+        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
+        MAXIMIZE=bool(group["maximize"]),
     )
     commit_steps(state["step"], found_inf)
