@@ -578,6 +578,7 @@ def test_plan_tables_follow_addresses_and_numels(monkeypatch):
     ps[0].data = torch.zeros(5)  # moved (same tensor object)
     step()
     ps[1].data = ps[1].data[:2]  # same object, same address, fewer elements
+    state[1].data = state[1].data[:2]  # (its state alike: another shape is refused)
     grads[1] = torch.zeros(2)
     step()
     t2 = step()
