@@ -1,4 +1,5 @@
-"""The "cpp" backend: fused C++ CPU kernels for every elementwise optimizer.
+"""The "cpp" backend: fused C++ CPU kernels for every elementwise optimizer (and, in
+``cpu_adafactor.py``, Adafactor's two-pass kernel).
 
 The kernels (``csrc/``) make one vectorized, multi-threaded pass over memory per
 tensor. They only do the elementwise update: every scalar (step sizes, bias
