@@ -28,7 +28,13 @@ from .adadelta import signed_decayed_grads
 from .optimizer import Optimizer, _any_dtensor, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["ASGD", "asgd_eta", "asgd_mu", "asgd_next"]
+__all__ = ["ASGD", "asgd_decay", "asgd_eta", "asgd_mu", "asgd_next"]
+
+
+def asgd_decay(lambd, eta):
+    """The param's decay factor ``1 - lambd * eta`` (float, or tensor for a Tensor ``eta``:
+    every backend evaluates it here, in the type it passes)."""
+    return 1 - lambd * eta
 
 
 def asgd_eta(lr, lambd, alpha, step):
@@ -66,11 +72,11 @@ def _asgd_forloop(group, params, grads, state):
         if wd != 0:
             grad = grad.add(param, alpha=wd)
         if capturable:
-            param.mul_(1 - lambd * eta)
+            param.mul_(asgd_decay(lambd, eta))
             param.addcmul_(grad, eta, value=-1)
         else:
             eta_value = _get_value(eta)
-            param.mul_(1 - lambd * eta_value)
+            param.mul_(asgd_decay(lambd, eta_value))
             param.add_(grad, alpha=-eta_value)
         if capturable or mu.item() != 1:
             ax.add_(param.sub(ax).mul_(mu))
@@ -105,9 +111,9 @@ def _asgd_foreach(group, params, grads, state):
                 torch._foreach_add_(decay, 1)
             elif not eta[0].is_cpu:  # the for-loop's 1 - lambd * eta.item() in double, on
                 # the device: no host sync (in eta's dtype, float64 params differed by 4e-8)
-                decay = list((1 - lambd * torch.stack(eta).to(torch.float64)).to(p[0].dtype).unbind())
+                decay = list(asgd_decay(lambd, torch.stack(eta).to(torch.float64)).to(p[0].dtype).unbind())
             else:  # the for-loop's host arithmetic (in double), free on the CPU
-                decay = [1 - lambd * _get_value(e) for e in eta]
+                decay = [asgd_decay(lambd, _get_value(e)) for e in eta]
             torch._foreach_mul_(p, decay)
             del decay
         torch._foreach_addcmul_(p, g, eta, value=-1)

@@ -239,9 +239,8 @@ SAMPLES["Adam-tensor-hparams"] = ("Adam", dict(lr=torch.tensor(0.01),
 SAMPLES["Adagrad-tensor-lr"] = ("Adagrad", dict(lr=torch.tensor(0.1), lr_decay=0.01))
 
 
-def _sample(key, amp=False):
-    """The operator and the arguments of the second step of SAMPLES[key], as the update
-    passes them (recorded: under a dispatch mode the update calls the operator)."""
+def _before_second_step(key):
+    """SAMPLES[key]'s optimizer and params after one step, with the second step's grads."""
     name, kwargs = SAMPLES[key]
     params = _params()
     opt = getattr(optimlab, name)(params, **kwargs)
@@ -250,6 +249,13 @@ def _sample(key, amp=False):
             p.grad = g
         if k == 1:
             opt.step()
+    return opt, params
+
+
+def _sample(key, amp=False):
+    """The operator and the arguments of the second step of SAMPLES[key], as the update
+    passes them (recorded: under a dispatch mode the update calls the operator)."""
+    opt, _ = _before_second_step(key)
     with _Recorder() as rec:
         opt.step()
     assert len(rec.calls) == 1, rec.calls
@@ -278,14 +284,7 @@ def test_operator_gives_the_eager_step(key):
     """The operator (through the dispatcher) and a plain eager step (its CPU implementation,
     called directly) give the same bits."""
     func, args = _sample(key)
-    name, kwargs = SAMPLES[key]
-    params = _params()
-    opt = getattr(optimlab, name)(params, **kwargs)
-    for k in (1, 2):
-        for p, g in zip(params, _grads(params, k)):
-            p.grad = g
-        if k == 1:
-            opt.step()
+    opt, params = _before_second_step(key)
     before = _copy(args)
     func(*args)
     opt.step()

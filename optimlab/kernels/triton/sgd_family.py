@@ -129,7 +129,7 @@ def _asgd_kernel(
 
 
 def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
-    from ...asgd import asgd_eta, asgd_mu, asgd_next
+    from ...asgd import asgd_decay, asgd_eta, asgd_mu, asgd_next
 
     lr, lambd, alpha, t0 = _to_scalar(group["lr"]), group["lambd"], group["alpha"], group["t0"]
     steps, etas, mus = state["step"], state["eta"], state["mu"]
@@ -142,12 +142,12 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
         eta = stack_scalars(etas)
         if not capturable:  # the for-loop's 1 - lambd * eta.item(), in double
             eta = eta.to(torch.float64)
-        columns = [1 - lambd * eta, -eta, stack_scalars(mus)]
+        columns = [asgd_decay(lambd, eta), -eta, stack_scalars(mus)]
     else:  # the values as the for-loop reads them (.item()); usually one for the group
         eta_vals, mu_vals = read(etas), read(mus)
         e, m = common(eta_vals, signed_zero=True), common(mu_vals, signed_zero=True)
-        columns = ([Same(1 - lambd * e), Same(-e)] if e is not None else
-                   [[1 - lambd * v for v in eta_vals], [-v for v in eta_vals]])
+        columns = ([Same(asgd_decay(lambd, e)), Same(-e)] if e is not None else
+                   [[asgd_decay(lambd, v) for v in eta_vals], [-v for v in eta_vals]])
         columns.append(Same(m) if m is not None else mu_vals)
     launch(
         _asgd_kernel, [params, grads, state["ax"]], written=(0, 1, 2),
