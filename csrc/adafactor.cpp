@@ -661,7 +661,7 @@ void adafactor(const TensorList& params, const TensorList& grads, const TensorLi
     }
     x.numel = p.numel();
     x.is_double = p.scalar_type() == at::kDouble;
-    x.weight = one_minus_beta2_t[i];
+    x.weight = PerTensor(one_minus_beta2_t)[i];
   }
   TORCH_CHECK(n_matrices == row_vars.size() && n_matrices == col_vars.size() && n_vectors == variances.size(),
               "adafactor: expected a row_var and col_var per param of 2 or more dims, a variance per other param");

@@ -5,7 +5,7 @@ namespace optimlab {
 namespace {
 
 struct AdagradOp {
-  const Scalars& clr;
+  PerTensor clr;
   double weight_decay, eps;
   bool maximize;
 

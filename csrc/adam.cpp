@@ -5,8 +5,8 @@ namespace optimlab {
 namespace {
 
 struct AdamOp {
-  const std::vector<double>& step_size;  // lr / (1 - beta1^t), per tensor
-  const std::vector<double>& bc2_sqrt;   // sqrt(1 - beta2^t), per tensor
+  PerTensor step_size;  // lr / (1 - beta1^t), per tensor
+  PerTensor bc2_sqrt;   // sqrt(1 - beta2^t), per tensor
   double lerp_weight, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
   bool decoupled, amsgrad, maximize;
 

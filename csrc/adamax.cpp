@@ -5,7 +5,7 @@ namespace optimlab {
 namespace {
 
 struct AdamaxOp {
-  const Scalars& step_size;
+  PerTensor step_size;
   double lerp_weight, beta2, eps, weight_decay;
   bool maximize;
 

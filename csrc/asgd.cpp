@@ -5,8 +5,8 @@ namespace optimlab {
 namespace {
 
 struct AsgdOp {
-  const Scalars& eta;
-  const Scalars& mu;
+  PerTensor eta;
+  PerTensor mu;
   double lambd, weight_decay;
   bool maximize;
 

@@ -9,7 +9,9 @@ namespace {
 
 template <class F>
 void for_each_scalar(const TensorList& scalars, const F& f) {
-  for (const at::Tensor& t : scalars) {
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    prefetch_ahead(scalars, i);
+    const at::Tensor& t = scalars[i];
     TORCH_CHECK(t.numel() == 1, "expected 1-element tensors");
     f(t);
   }
@@ -55,18 +57,21 @@ std::vector<double> read_scalars(const TensorList& scalars) {
 }
 
 void write_scalars(const TensorList& scalars, const std::vector<double>& values) {
-  TORCH_CHECK(scalars.size() == values.size(), "write_scalars: one value per tensor");
+  TORCH_CHECK(scalars.size() == values.size() || values.size() == 1,
+              "write_scalars: one value per tensor, or one for all");
+  const PerTensor value(values);
   for (size_t i = 0; i < scalars.size(); ++i) {
+    prefetch_ahead(scalars, i);
     const at::Tensor& t = scalars[i];
     TORCH_CHECK(t.numel() == 1, "expected 1-element tensors");
     if (t.device().is_cpu() && t.scalar_type() == at::kFloat) {
-      *t.data_ptr<float>() = static_cast<float>(values[i]);
+      *t.data_ptr<float>() = static_cast<float>(value[i]);
       t.unsafeGetTensorImpl()->bump_version();
     } else if (t.device().is_cpu() && t.scalar_type() == at::kDouble) {
-      *t.data_ptr<double>() = values[i];
+      *t.data_ptr<double>() = value[i];
       t.unsafeGetTensorImpl()->bump_version();
     } else {
-      const_cast<at::Tensor&>(t).fill_(values[i]);
+      const_cast<at::Tensor&>(t).fill_(value[i]);
     }
   }
 }

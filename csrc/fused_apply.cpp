@@ -56,6 +56,9 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
   pr.numel.reserve(n);
   pr.is_double.reserve(n);
   for (size_t i = 0; i < n; ++i) {
+    for (const Operand& op : ops) {
+      if (op.tensors != nullptr && !op.tensors->empty()) prefetch_ahead(*op.tensors, i);
+    }
     const at::Tensor& p = params[i];
     std::array<void*, kMaxOperands> data{};
     std::array<at::ScalarType, kMaxOperands> dtype{};
@@ -77,7 +80,7 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
       dtype[k] = t.scalar_type();
     }
     for (int k = 0; k < pr.n_ops; ++k) {
-      if (ts[k] != nullptr && pr.written[k] && !ts[k]->is_inference()) pr.bump.push_back(*ts[k]);
+      if (ts[k] != nullptr && pr.written[k] && !ts[k]->is_inference()) pr.bump.push_back(ts[k]->unsafeGetTensorImpl());
     }
     pr.numel.push_back(p.numel());
     pr.is_double.push_back(p.scalar_type() == at::kDouble);
@@ -105,7 +108,7 @@ void finish(Prepared& pr) {
   for (auto& [original, copy] : pr.copy_back) original.copy_(copy);
   // The kernels wrote through raw pointers: record the in-place updates as torch's ops
   // would, so autograd still detects a param modified after it was saved for backward.
-  for (auto& t : pr.bump) t.unsafeGetTensorImpl()->bump_version();
+  for (c10::TensorImpl* t : pr.bump) t->bump_version();
   pr.copy_back.clear();
   pr.bump.clear();
   pr.keep_alive.clear();

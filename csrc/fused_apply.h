@@ -59,6 +59,21 @@ struct Amp {
 
 Amp read_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf);
 
+// A loop over thousands of small tensors is bound by cache misses on each one's TensorImpl
+// and StorageImpl (perf: half of prepare()'s time on the first load of each). Called at
+// tensor i, this prefetches the objects of the tensors a few places ahead, overlapping them.
+inline void prefetch_ahead(const TensorList& tensors, size_t i) {
+  constexpr size_t kImplAhead = 8, kStorageAhead = 4;
+  auto lines = [](const void* p, int n) {
+    for (int l = 0; l < n; ++l) __builtin_prefetch(static_cast<const char*>(p) + 64 * l);
+  };
+  if (i + kImplAhead < tensors.size()) lines(tensors[i + kImplAhead].unsafeGetTensorImpl(), 4);
+  if (i + kStorageAhead < tensors.size()) {
+    const at::Tensor& t = tensors[i + kStorageAhead];  // (its TensorImpl was prefetched before)
+    if (t.has_storage()) lines(t.storage().unsafeGetStorageImpl(), 2);
+  }
+}
+
 namespace detail {
 
 struct Prepared {
@@ -69,7 +84,8 @@ struct Prepared {
   std::vector<bool> is_double;  // math type of tensor i
   std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;  // (original, contiguous copy)
   std::vector<at::Tensor> keep_alive;
-  std::vector<at::Tensor> bump;  // written tensors whose version counter advances
+  std::vector<c10::TensorImpl*> bump;  // written tensors whose version counter advances
+                                       // (the caller's lists keep them alive)
   std::array<bool, kMaxOperands> written{};
 };
 

@@ -18,13 +18,26 @@ namespace optimlab {
 using Scalars = std::vector<double>;
 using OptTensor = std::optional<at::Tensor>;
 
+// Host scalars (step sizes, bias corrections) come one per tensor, or as a single value
+// for all of them when every tensor is at the same step (the usual case: the host then
+// computes and passes one value instead of a list as long as the group).
 inline void check_per_tensor(const char* name, const TensorList& params,
                              std::initializer_list<const Scalars*> scalars) {
   for (const Scalars* s : scalars) {
-    TORCH_CHECK(s->size() == params.size(), name, ": expected one scalar per tensor (",
-                params.size(), "), got ", s->size());
+    TORCH_CHECK(s->size() == params.size() || s->size() == 1, name, ": expected one scalar per tensor (",
+                params.size(), ") or one for all, got ", s->size());
   }
 }
+
+// Tensor i's host scalar from a list checked by check_per_tensor.
+class PerTensor {
+ public:
+  PerTensor(const Scalars& values) : values_(values) {}  // NOLINT: converts implicitly
+  double operator[](int64_t i) const { return values_.size() == 1 ? values_[0] : values_[i]; }
+
+ private:
+  const Scalars& values_;
+};
 
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const Scalars& step_size,

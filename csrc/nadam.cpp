@@ -5,9 +5,9 @@ namespace optimlab {
 namespace {
 
 struct NadamOp {
-  const Scalars& bias_correction2;
-  const Scalars& grad_step;
-  const Scalars& exp_avg_step;
+  PerTensor bias_correction2;
+  PerTensor grad_step;
+  PerTensor exp_avg_step;
   double lerp_weight, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
   bool decoupled, maximize;
 

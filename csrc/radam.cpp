@@ -6,9 +6,9 @@ namespace optimlab {
 namespace {
 
 struct RadamOp {
-  const Scalars& bias_correction1;
-  const Scalars& bc2_sqrt;
-  const Scalars& rect;
+  PerTensor bias_correction1;
+  PerTensor bc2_sqrt;
+  PerTensor rect;
   double lr, lerp_weight, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
   bool decoupled, maximize;
 

@@ -75,8 +75,9 @@ def register_availability(backend: str, check: Callable[[], str | None]) -> None
     _AVAILABILITY[backend] = check
 
 
-def register_check(backend: str, check: Callable[[str, dict, list], None]) -> None:
-    """Register ``check(algorithm, group, params)``, raising for inputs ``backend`` cannot take."""
+def register_check(backend: str, check: Callable[..., None]) -> None:
+    """Register ``check(algorithm, group, params, dtypes=None)``, raising for inputs
+    ``backend`` cannot take (``dtypes``: the params' dtypes when the caller read them)."""
     _CHECKS[backend] = check
 
 
@@ -91,9 +92,9 @@ def param_name(group: dict, i: int) -> str:
     return f"parameter {k} of its param group"
 
 
-def check(backend: str, algorithm: str, group: dict, params: list) -> None:
+def check(backend: str, algorithm: str, group: dict, params: list, dtypes: frozenset | None = None) -> None:
     if backend in _CHECKS:
-        _CHECKS[backend](algorithm, group, params)
+        _CHECKS[backend](algorithm, group, params, dtypes)
 
 
 def kernel(algorithm: str, backend: str) -> Callable:

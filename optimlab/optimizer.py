@@ -132,6 +132,19 @@ _fused_update_untraced = disable_dynamo(_fused_update)
 
 
 _GRAD = operator.attrgetter("grad")
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_DTYPE = operator.attrgetter("dtype")
+_COMPLEX_DTYPES = frozenset({torch.complex32, torch.complex64, torch.complex128})
+
+
+class _Plan(NamedTuple):
+    """One param group's planned step (nothing changed yet): what ``_gather`` takes."""
+
+    group: dict
+    params: list[Tensor]  # the group's params that have grads
+    choice: _dispatch.BackendChoice
+    grads: list[Tensor]
+    dtypes: frozenset | None  # the params' dtypes (eager; None under torch.compile)
 
 
 class _Work(NamedTuple):
@@ -194,6 +207,8 @@ class Optimizer(torch.optim.Optimizer):
     foreach_refuses_differentiable: ClassVar[bool] = True
     #: state keys that may be absent (created lazily, or only for some shapes)
     lazy_state: ClassVar[frozenset[str]] = frozenset()
+    #: state keys whose entries an update replaces (Python numbers: SparseAdam's int ``step``)
+    rebound_state: ClassVar[frozenset[str]] = frozenset()
     #: torch's RuntimeError for sparse grads with ``fused=True`` (None: no fused option)
     fused_sparse_error: ClassVar[str | None] = None
 
@@ -254,7 +269,7 @@ class Optimizer(torch.optim.Optimizer):
         # plan every group (checks, backend), then gather every group's state (created
         # lazily; checked), and only then update: a step that raises changes nothing.
         plans = [self._plan(group) for group in self.param_groups]
-        work = [self._gather(*plan) for plan in plans if plan[1]]
+        work = [self._gather(*plan) for plan in plans if plan.params]
         for w in work:
             self._apply(w)
         return loss
@@ -262,15 +277,16 @@ class Optimizer(torch.optim.Optimizer):
     def _step_params(self, group: dict, params: list[Tensor]) -> None:
         """Update only ``params`` of ``group`` (plan, gather, apply): gradient release."""
         plan = self._plan(group, params)
-        if plan[1]:
+        if plan.params:
             self._apply(self._gather(*plan))
 
-    def _plan(self, group: dict, params: list[Tensor] | None = None
-              ) -> tuple[dict, list[Tensor], _dispatch.BackendChoice]:
+    def _plan(self, group: dict, params: list[Tensor] | None = None) -> _Plan:
         candidates = group["params"] if params is None else params
-        if torch.compiler.is_compiling():  # what dynamo traces: plain comprehensions
+        compiling = torch.compiler.is_compiling()
+        if compiling:  # what dynamo traces: plain comprehensions
             params = [p for p in candidates if p.grad is not None]
             grads = [p.grad for p in params]
+            dtypes = None
         else:  # per-param passes as map() of C-level callables: they run on every step
             grads = list(map(_GRAD, candidates))
             if any(map(operator.is_, grads, itertools.repeat(None))):
@@ -278,6 +294,8 @@ class Optimizer(torch.optim.Optimizer):
                 grads = [g for g in grads if g is not None]
             else:
                 params = list(candidates)
+            # the group's param dtypes, read once for the backend check and complex views
+            dtypes = frozenset(map(_DTYPE, params))
         # (torch.optim.Optimizer.__setstate__ adds "differentiable" to every optimizer's
         # defaults, not to the groups; our updates read it with .get)
         missing = next((k for k in self.defaults if k not in group and k != "differentiable"), None)
@@ -285,7 +303,8 @@ class Optimizer(torch.optim.Optimizer):
             where = next((i for i, g in enumerate(self.param_groups) if g is group), "?")
             raise KeyError(f"param group {where} has no {missing!r} "
                            f"(a state_dict of another optimizer loaded into {type(self).__name__}?)")
-        if self.sparse_grad_error is not None and any(g.is_sparse for g in grads):
+        if self.sparse_grad_error is not None and (
+                any(g.is_sparse for g in grads) if compiling else any(map(_IS_SPARSE, grads))):
             raise RuntimeError(self.sparse_grad_error)
         if group.get("fused") and params:
             self._check_fused(params)
@@ -299,12 +318,12 @@ class Optimizer(torch.optim.Optimizer):
             # a whole-tensor update of sharded DTensors needs DTensor's own ops
             choice = _dispatch.BackendChoice("forloop", f"{choice.name} needs whole tensors; "
                                              "DTensor params run the for-loop")
-        _dispatch.check(choice.name, self.algorithm, group, params)
-        if group.get("capturable") and not torch.compiler.is_compiling():
+        _dispatch.check(choice.name, self.algorithm, group, params, dtypes)
+        if group.get("capturable") and not compiling:
             foreach = choice.name == "foreach"
             xla = self.capturable_xla_foreach if foreach else self.capturable_xla_forloop
             self._check_capturable(params, xla=xla)
-        return group, params, choice
+        return _Plan(group, params, choice, grads, dtypes)
 
     def _check_capturable(self, params: list[Tensor], xla: bool) -> None:
         # torch asserts this inside its updates (after creating state); we check first.
@@ -346,10 +365,12 @@ class Optimizer(torch.optim.Optimizer):
         self.state[p].update(p_state)
         return self.state[p]
 
-    def _gather(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice) -> _Work:
+    def _gather(self, group: dict, params: list[Tensor], choice: _dispatch.BackendChoice,
+                grads: list[Tensor], dtypes: frozenset | None = None) -> _Work:
         """Create missing state, and gather ``{state_key: [tensor per param]}`` (complex
         params, grads and state as real views). Raises, before any update, for state a
-        checkpoint of another optimizer left incomplete."""
+        checkpoint of another optimizer left incomplete. ``grads`` are the params' grads
+        as the plan read them; ``dtypes``, the params' dtypes (None: not read yet)."""
         if torch.compiler.is_compiling():
             self._init_group(group)  # dynamo runs it eagerly: see _init_group
             per_param = [self.state.get(p) for p in params]
@@ -357,12 +378,14 @@ class Optimizer(torch.optim.Optimizer):
             per_param = list(map(self.state.get, params))
         if not all(per_param):  # a param without state yet (dict truthiness: C-level)
             per_param = [s or self._new_state(group, p) for s, p in zip(per_param, params)]
-        owners = list(params)
-        grads = [p.grad for p in params] if torch.compiler.is_compiling() else list(map(_GRAD, params))
+        owners, grads = list(params), list(grads)
         # (map with C-level callables: these run per param on every step; Tensor.is_complex()
         # is also several times cheaper than torch.is_complex, no __torch_function__ dispatch)
         states = {k: list(map(dict.get, per_param, itertools.repeat(k))) for k in self._state_keys(group)}
-        is_complex = list(map(Tensor.is_complex, params)) if self.complex_as_real else [False] * len(params)
+        if not self.complex_as_real or (dtypes is not None and dtypes.isdisjoint(_COMPLEX_DTYPES)):
+            is_complex = [False] * len(params)  # the usual case, known from the plan's dtypes
+        else:
+            is_complex = list(map(Tensor.is_complex, params))
         complex_idx = [i for i, c in enumerate(is_complex) if c] if any(is_complex) else []
         for i in complex_idx:
             params[i] = torch.view_as_real(params[i])
@@ -390,9 +413,11 @@ class Optimizer(torch.optim.Optimizer):
                           getattr(self, "found_inf", None), self.elementwise)
         else:
             update(group, params, grads, states)
-        # An update may create state lazily (SGD's momentum buffer): store it back.
+        # An update may create state lazily (SGD's momentum buffer) or replace a number
+        # (SparseAdam's step): store it back. Other entries are updated in place.
         for k, lst in states.items():
-            if all(map(operator.is_, lst, w.passed[k])):  # the usual case: nothing new
+            if (k not in self.lazy_state and k not in self.rebound_state) or all(
+                    map(operator.is_, lst, w.passed[k])):
                 continue
             for i, new in enumerate(lst):
                 if new is None or new is w.passed[k][i]:

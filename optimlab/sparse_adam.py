@@ -128,6 +128,8 @@ class SparseAdam(Optimizer, torch.optim.SparseAdam):
                 f"Complex params at indices {complex_}: SparseAdam does not support complex parameters"
             )
 
+    rebound_state = frozenset({"step"})  # a Python int, as in torch: updates rebind it
+
     def _init_state(self, group, p):
         return {"step": 0, "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
 

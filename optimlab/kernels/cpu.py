@@ -40,14 +40,17 @@ _DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64
                      torch.complex64, torch.complex128})  # complex: updated as real views
 
 
-def check_group(algorithm: str, group: dict, params: list) -> None:
+def check_group(algorithm: str, group: dict, params: list, dtypes: frozenset | None = None) -> None:
     """The cpp backend's plan-time check (before any param group is updated): a param
     dtype the kernels do not take is refused with an error naming the parameter. (torch's
     for-loop has no CPU kernels for those dtypes either: float8 params fail in its lerp/add.)
-    Non-CPU tensors and sparse grads are not refused: they run on the for-loop/foreach."""
+    Non-CPU tensors and sparse grads are not refused: they run on the for-loop/foreach.
+    ``dtypes``: the params' dtypes, when the caller has read them."""
+    if not params or (dtypes is not None and _DTYPES.issuperset(dtypes)):
+        return  # the usual case
     # (dynamo traces this under torch.compile: a plain loop there, it cannot trace attrgetter)
-    if not params or (not torch.compiler.is_compiling() and _DTYPES.issuperset(map(_DTYPE, params))):
-        return  # one C-level pass, the usual case
+    if not torch.compiler.is_compiling() and _DTYPES.issuperset(map(_DTYPE, params)):
+        return  # one C-level pass
     for i, p in enumerate(params):
         if p.dtype not in _DTYPES:
             raise RuntimeError(
@@ -132,8 +135,11 @@ def _run_elsewhere(algorithm, group, params, grads, state, grad_scale=None, foun
     return True
 
 
-def _by_dtype(params) -> list:
-    """Indices of params per dtype: host scalars are rounded like torch rounds them for that dtype."""
+def _by_dtype(params, *hparams) -> list:
+    """Indices of params per dtype: host scalars computed from Tensor ``hparams`` are rounded
+    like torch rounds them for that dtype (Python numbers give the same value for every dtype)."""
+    if not any(isinstance(h, Tensor) for h in hparams):
+        return [range(len(params))]
     dtypes = list(map(_DTYPE, params))
     if not dtypes or dtypes.count(dtypes[0]) == len(dtypes):  # the usual case: one dtype
         return [range(len(params))]
@@ -144,13 +150,14 @@ def _by_dtype(params) -> list:
 
 
 def _pick(lst, idx):
-    return lst if lst is None or len(idx) == len(lst) else [lst[i] for i in idx]
+    return lst if lst is None or len(idx) == len(lst) or len(lst) == 1 else [lst[i] for i in idx]
 
 
 def _per_step(fn, values):
-    """``[fn(v) for v in values]`` computing each distinct step once."""
-    if values and values.count(values[0]) == len(values):  # the usual case: one step for all
-        return [fn(values[0])] * len(values)
+    """``[fn(v) for v in values]`` computing each distinct step once; ``[fn(v)]`` when every
+    value is ``v`` (the usual case: the kernels and ``write_scalars`` take one value for all)."""
+    if values and values.count(values[0]) == len(values):
+        return [fn(values[0])]
     cache: dict[float, object] = {}
     out = []
     for v in values:
@@ -320,7 +327,7 @@ def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
     lr, beta1, beta2, wd = _to_scalar(lr), _to_scalar(beta1), _to_scalar(beta2), weight_decay
     with _stepping(ext, state_steps, found_inf) as steps:
         scalars = _per_step(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))), steps)
-        for idx in _by_dtype(params):
+        for idx in _by_dtype(params, lr, beta1, beta2, wd):
             ref = params[idx[0]]
             ext.adam(
                 _pick(params, idx), _pick(grads, idx), _pick(exp_avgs, idx), _pick(exp_avg_sqs, idx),

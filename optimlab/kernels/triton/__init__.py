@@ -235,7 +235,7 @@ def _register() -> None:
     _dispatch.register_availability("triton", available)
     _dispatch.register_check(
         "triton",
-        lambda algorithm, group, params: check_group(
+        lambda algorithm, group, params, dtypes=None: check_group(
             algorithm, group, params, list(map(_GRAD, params)), KERNELS[algorithm][2] != "dense"),
     )
 
