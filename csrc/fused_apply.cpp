@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <mutex>
+
 namespace optimlab {
 
 Amp read_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
@@ -51,14 +53,13 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
                 ops[k].tensors->size(), " tensors, expected ", n);
     pr.written[k] = ops[k].written || (k == kGrad && amp.unscale);
   }
-  pr.data.reserve(n);
-  pr.dtype.reserve(n);
-  pr.numel.reserve(n);
-  pr.is_double.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    for (const Operand& op : ops) {
-      if (op.tensors != nullptr && !op.tensors->empty()) prefetch_ahead(*op.tensors, i);
-    }
+  pr.data.resize(n);
+  pr.dtype.resize(n);
+  pr.numel.resize(n);
+  pr.is_double.resize(n);
+  pr.bump.assign(n * kMaxOperands, nullptr);
+  std::mutex copies;  // guards copy_back/keep_alive (tensors of mixed layouts: rare)
+  auto prepare_one = [&](size_t i) {
     const at::Tensor& p = params[i];
     std::array<void*, kMaxOperands> data{};
     std::array<at::ScalarType, kMaxOperands> dtype{};
@@ -80,10 +81,12 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
       dtype[k] = t.scalar_type();
     }
     for (int k = 0; k < pr.n_ops; ++k) {
-      if (ts[k] != nullptr && pr.written[k] && !ts[k]->is_inference()) pr.bump.push_back(ts[k]->unsafeGetTensorImpl());
+      if (ts[k] != nullptr && pr.written[k] && !ts[k]->is_inference()) {
+        pr.bump[i * kMaxOperands + k] = ts[k]->unsafeGetTensorImpl();
+      }
     }
-    pr.numel.push_back(p.numel());
-    pr.is_double.push_back(p.scalar_type() == at::kDouble);
+    pr.numel[i] = p.numel();
+    pr.is_double[i] = p.scalar_type() == at::kDouble;
     if (p.numel() > 0) {
       for (int k = 0; k < pr.n_ops; ++k) {
         if (ts[k] == nullptr) continue;
@@ -93,13 +96,29 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
         }
         // Mixed layouts: run this tensor on contiguous copies (one extra pass, rare).
         at::Tensor c = ts[k]->contiguous();
-        if (!c.is_same(*ts[k]) && pr.written[k]) pr.copy_back.emplace_back(*ts[k], c);
         data[k] = c.data_ptr();
+        std::lock_guard<std::mutex> lock(copies);
+        if (!c.is_same(*ts[k]) && pr.written[k]) pr.copy_back.emplace_back(*ts[k], c);
         pr.keep_alive.push_back(std::move(c));
       }
     }
-    pr.data.push_back(data);
-    pr.dtype.push_back(dtype);
+    pr.data[i] = data;
+    pr.dtype[i] = dtype;
+  };
+  auto prepare_range = [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      for (const Operand& op : ops) {
+        if (op.tensors != nullptr && !op.tensors->empty()) prefetch_ahead(*op.tensors, i);
+      }
+      prepare_one(static_cast<size_t>(i));
+    }
+  };
+  // Thousands of small tensors: this loop waits on memory (each tensor's objects), which
+  // more threads wait on in parallel. (Any refused tensor raises; with one thread, the first.)
+  if (n >= kParallelPrepareFrom) {
+    run_items(static_cast<int64_t>(n), kSerialBelow, [&](int64_t first, int64_t last) { prepare_range(first, last); });
+  } else {
+    prepare_range(0, static_cast<int64_t>(n));
   }
   return pr;
 }
@@ -108,7 +127,9 @@ void finish(Prepared& pr) {
   for (auto& [original, copy] : pr.copy_back) original.copy_(copy);
   // The kernels wrote through raw pointers: record the in-place updates as torch's ops
   // would, so autograd still detects a param modified after it was saved for backward.
-  for (c10::TensorImpl* t : pr.bump) t->bump_version();
+  for (c10::TensorImpl* t : pr.bump) {
+    if (t != nullptr) t->bump_version();
+  }
   pr.copy_back.clear();
   pr.bump.clear();
   pr.keep_alive.clear();

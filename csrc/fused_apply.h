@@ -45,6 +45,7 @@ constexpr int64_t kBlock = 256;              // elements converted per block (bf
 constexpr int64_t kChunk = 1 << 14;          // elements per parallel work item
 constexpr int64_t kSerialBelow = 1 << 15;    // fewer elements in total: stay on one thread
 constexpr int kGrad = 1;                     // operand 1 is always the gradient
+constexpr size_t kParallelPrepareFrom = 512;  // tensors: prepare() splits them between threads
 
 struct Operand {
   const TensorList* tensors = nullptr;  // nullptr or empty: not used by this step
@@ -81,11 +82,12 @@ struct Prepared {
   std::vector<std::array<void*, kMaxOperands>> data;
   std::vector<std::array<at::ScalarType, kMaxOperands>> dtype;
   std::vector<int64_t> numel;
-  std::vector<bool> is_double;  // math type of tensor i
+  std::vector<char> is_double;  // math type of tensor i (not vector<bool>: filled in parallel)
   std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;  // (original, contiguous copy)
   std::vector<at::Tensor> keep_alive;
-  std::vector<c10::TensorImpl*> bump;  // written tensors whose version counter advances
-                                       // (the caller's lists keep them alive)
+  std::vector<c10::TensorImpl*> bump;  // [tensor * kMaxOperands + operand]: written tensors whose
+                                       // version counter advances, or nullptr (the caller's lists
+                                       // keep them alive)
   std::array<bool, kMaxOperands> written{};
 };
 

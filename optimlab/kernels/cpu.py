@@ -89,7 +89,10 @@ def _skipped(found_inf) -> float:
     return 0.0 if found_inf is None else float(found_inf.item())
 
 
-def _fallback_reason(group, params, grads) -> str | None:
+_SPARSE_GRADS = frozenset({"sgd", "adagrad"})  # the cpp algorithms whose torch classes take sparse grads
+
+
+def _fallback_reason(algorithm, group, params, grads) -> str | None:
     # Under torch.compile dynamo shows every param group of a torch.optim.Optimizer with
     # capturable=True (torch/_dynamo/variables/optimizer.py, _set_capturable): not the
     # user's flag. CPU params cannot be capturable in eager (refused when the step is
@@ -99,7 +102,8 @@ def _fallback_reason(group, params, grads) -> str | None:
     # (torch keeps each grad on its param's device.) In eager, C-level passes: this runs on
     # every step; what dynamo traces: a plain loop (it graph-breaks on map of attrgetter)
     if not torch.compiler.is_compiling():
-        if any(map(_IS_SPARSE, grads)):
+        # (the other algorithms' plans refuse sparse grads before this runs)
+        if algorithm in _SPARSE_GRADS and any(map(_IS_SPARSE, grads)):
             return "sparse grads"
         if all(map(_IS_CPU, grads)):
             return None
@@ -118,7 +122,7 @@ _IS_CPU = operator.attrgetter("is_cpu")
 def _run_elsewhere(algorithm, group, params, grads, state, grad_scale=None, found_inf=None) -> bool:
     """Run cases the kernels do not cover (sparse grads, non-CPU tensors, capturable) on the
     for-loop/foreach reference of the same algorithm; True if it did."""
-    why = _fallback_reason(group, params, grads)
+    why = _fallback_reason(algorithm, group, params, grads)
     if why is None:
         return False
     if _skipped(found_inf):
