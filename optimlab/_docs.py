@@ -72,6 +72,30 @@ differentiable (bool, optional): whether autograd runs through the optimizer ste
     (otherwise ``step()`` runs under ``torch.no_grad()``). It always runs the
     ``forloop`` reference backend and is slower, so leave it ``False`` unless you
     differentiate through the step (default: False)""",
+    "low_precision": """\
+kahan_sum (bool, optional): optimlab only, keyword-only, like the next three (the rule,
+    for every backend: ``optimlab.low_precision``). Update bfloat16/float16 params in
+    float32 and write them back with Kahan compensation: the rounding error of each
+    write is kept in ``state[p]["kahan_comp"]`` (the param's dtype and shape) and added
+    to the next update, so updates below half an ulp accumulate instead of being lost.
+    Ignored, with one warning per optimizer, for float32/float64 params. Not with
+    ``stochastic_rounding``, ``differentiable`` or ``capturable`` (default: False)
+stochastic_rounding (bool, optional): update bfloat16 params in float32 and round
+    the result to bfloat16 stochastically (unbiased: up with probability the
+    fraction of an ulp), from a Philox stream keyed by ``state[p]["sr_seed"]``,
+    counted by ``state[p]["sr_step"]`` and the element's index. float16 params
+    raise ``ValueError`` (use ``kahan_sum``); float32/float64 params are updated as
+    without it, with one warning per optimizer (default: False)
+state_dtype (torch.dtype, optional): dtype of the per-element state (moments,
+    accumulators): ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``; the
+    update is then computed in float32 (float64 for float64 params) and the state
+    rounded to nearest into this dtype. Step counters and 0-dim scalars keep their
+    dtype. None: the param's dtype, as torch.optim (default: None)
+rounding_seed (int, optional): key of the stochastic rounding stream; each param's
+    ``sr_seed`` is derived from it and the param's index. None draws one from
+    torch's default generator when ``stochastic_rounding`` is on (so it follows
+    ``torch.manual_seed``). These four are param group keys (per group, saved in
+    ``state_dict``), present only when one of them is given (default: None)""",
 }
 
 _BACKEND_NAMES = {

@@ -16,6 +16,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
@@ -98,7 +99,7 @@ def _adadelta_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class Adadelta(Optimizer, torch.optim.Adadelta):
+class Adadelta(LowPrecisionMixin, Optimizer, torch.optim.Adadelta):
     """Adadelta (Zeiler, 2012).
 
     A drop-in for ``torch.optim.Adadelta`` (and a subclass of it): same signature,
@@ -126,6 +127,7 @@ class Adadelta(Optimizer, torch.optim.Adadelta):
         {capturable}
         {maximize}
         {differentiable}
+        {low_precision}
 
     {backends}
 
@@ -158,6 +160,10 @@ class Adadelta(Optimizer, torch.optim.Adadelta):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 <= rho <= 1.0:
@@ -173,6 +179,9 @@ class Adadelta(Optimizer, torch.optim.Adadelta):
             foreach=foreach,
             differentiable=differentiable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def _init_state(self, group, p):

@@ -20,6 +20,8 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, check_step as low_precision_check
+from .low_precision import options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor
 from ._validation import check_lr, check_nonneg
 
@@ -82,7 +84,7 @@ def _adagrad_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class Adagrad(Optimizer, torch.optim.Adagrad):
+class Adagrad(LowPrecisionMixin, Optimizer, torch.optim.Adagrad):
     """Adagrad (Duchi et al., 2011).
 
     A drop-in for ``torch.optim.Adagrad`` (and a subclass of it): same signature,
@@ -111,6 +113,7 @@ class Adagrad(Optimizer, torch.optim.Adagrad):
         {maximize}
         {differentiable}
         {fused}
+        {low_precision}
 
     {backends}
 
@@ -140,6 +143,10 @@ class Adagrad(Optimizer, torch.optim.Adagrad):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         check_nonneg(lr_decay=lr_decay, weight_decay=weight_decay)
@@ -159,6 +166,9 @@ class Adagrad(Optimizer, torch.optim.Adagrad):
             differentiable=differentiable,
             fused=fused,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable))
         super().__init__(params, defaults)
         if fused:
             if differentiable:
@@ -169,7 +179,7 @@ class Adagrad(Optimizer, torch.optim.Adagrad):
             self._step_supports_amp_scaling = True
         for group in self.param_groups:
             for p in group["params"]:
-                self.state[p].update(self._init_state(group, p))
+                self._new_state(group, p)
 
     def _init_state(self, group, p):
         # torch uses the constructor's value, not the group's, here and when lazy
@@ -184,6 +194,8 @@ class Adagrad(Optimizer, torch.optim.Adagrad):
         return ("step", "sum")
 
     def _check_group(self, group, params):
+        if "kahan_sum" in group or "stochastic_rounding" in group or "state_dtype" in group:
+            low_precision_check(self, group, params)  # as LowPrecisionMixin._check_group
         if group["weight_decay"] != 0 and any(p.grad.is_sparse for p in params):
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
 

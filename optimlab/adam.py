@@ -13,6 +13,8 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment, like
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, check_step as low_precision_check
+from .low_precision import options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
@@ -156,7 +158,7 @@ amsgrad (bool, optional): use the AMSGrad variant (Reddi et al., 2018, "On the
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"), fragments=_ARGS)
-class Adam(Optimizer, torch.optim.Adam):
+class Adam(LowPrecisionMixin, Optimizer, torch.optim.Adam):
     """Adam (Kingma & Ba, 2014); with ``decoupled_weight_decay=True``, AdamW.
 
     A drop-in for ``torch.optim.Adam`` (and a subclass of it): same signature,
@@ -188,6 +190,7 @@ class Adam(Optimizer, torch.optim.Adam):
         decoupled_weight_decay (bool, optional): decay the params directly
             instead of adding ``wd * p`` to the gradient, which makes this
             optimizer AdamW (default: False)
+        {low_precision}
 
     {backends}
 
@@ -225,6 +228,10 @@ class Adam(Optimizer, torch.optim.Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         if isinstance(lr, Tensor) and foreach and not capturable:
             raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
@@ -253,6 +260,9 @@ class Adam(Optimizer, torch.optim.Adam):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
         if fused:
             if differentiable:
@@ -272,6 +282,8 @@ class Adam(Optimizer, torch.optim.Adam):
         return keys + ("max_exp_avg_sq",) if group["amsgrad"] else keys
 
     def _check_group(self, group, params):
+        if "kahan_sum" in group or "stochastic_rounding" in group or "state_dtype" in group:
+            low_precision_check(self, group, params)  # as LowPrecisionMixin._check_group
         if group["differentiable"]:
             for p in params:
                 step = self.state.get(p, {}).get("step")
@@ -306,6 +318,7 @@ class AdamW(Adam, torch.optim.AdamW):
         {capturable}
         {differentiable}
         {fused}
+        {low_precision}
 
     {backends}
 
@@ -328,11 +341,17 @@ class AdamW(Adam, torch.optim.AdamW):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+            kahan_sum=kahan_sum, stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype, rounding_seed=rounding_seed,
         )
 
     # Loading any state into AdamW keeps its weight decay decoupled (as torch does).

@@ -14,6 +14,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .adadelta import complex_weight_decay, signed_decayed_grads
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
@@ -80,7 +81,7 @@ def _adamax_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class Adamax(Optimizer, torch.optim.Adamax):
+class Adamax(LowPrecisionMixin, Optimizer, torch.optim.Adamax):
     """Adamax, the infinity-norm variant of Adam (Kingma & Ba, 2014).
 
     A drop-in for ``torch.optim.Adamax`` (and a subclass of it): same signature,
@@ -107,6 +108,7 @@ class Adamax(Optimizer, torch.optim.Adamax):
         {maximize}
         {differentiable}
         {capturable}
+        {low_precision}
 
     {backends}
 
@@ -138,6 +140,10 @@ class Adamax(Optimizer, torch.optim.Adamax):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps=eps)
@@ -153,6 +159,9 @@ class Adamax(Optimizer, torch.optim.Adamax):
             differentiable=differentiable,
             capturable=capturable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def _init_state(self, group, p):

@@ -24,6 +24,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .adadelta import signed_decayed_grads
 from .optimizer import Optimizer, _any_dtensor, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
@@ -142,7 +143,7 @@ def _asgd_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class ASGD(Optimizer, torch.optim.ASGD):
+class ASGD(LowPrecisionMixin, Optimizer, torch.optim.ASGD):
     """Averaged Stochastic Gradient Descent (Polyak & Juditsky, 1992).
 
     A drop-in for ``torch.optim.ASGD`` (and a subclass of it): same signature,
@@ -171,6 +172,7 @@ class ASGD(Optimizer, torch.optim.ASGD):
         {maximize}
         {differentiable}
         {capturable}
+        {low_precision}
 
     {backends}
 
@@ -202,6 +204,11 @@ class ASGD(Optimizer, torch.optim.ASGD):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        *,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         check_nonneg(weight_decay=weight_decay)
@@ -216,6 +223,9 @@ class ASGD(Optimizer, torch.optim.ASGD):
             differentiable=differentiable,
             capturable=capturable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def _init_state(self, group, p):

@@ -14,6 +14,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._compat import _get_capturable_supported_devices
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
@@ -112,7 +113,7 @@ def _nadam_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class NAdam(Optimizer, torch.optim.NAdam):
+class NAdam(LowPrecisionMixin, Optimizer, torch.optim.NAdam):
     """NAdam (Dozat, 2016); with ``decoupled_weight_decay=True``, NAdamW.
 
     A drop-in for ``torch.optim.NAdam`` (and a subclass of it): same signature,
@@ -152,6 +153,7 @@ class NAdam(Optimizer, torch.optim.NAdam):
         {maximize}
         {capturable}
         {differentiable}
+        {low_precision}
 
     {backends}
 
@@ -186,6 +188,10 @@ class NAdam(Optimizer, torch.optim.NAdam):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps=eps)
@@ -203,6 +209,9 @@ class NAdam(Optimizer, torch.optim.NAdam):
             capturable=capturable,
             differentiable=differentiable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def __setstate__(self, state):

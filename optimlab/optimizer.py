@@ -360,6 +360,10 @@ class Optimizer(torch.optim.Optimizer):
         """Create ``p``'s state (``_init_state``); torch leaves ``state[p]`` absent when
         there is nothing to keep."""
         p_state = self._init_state(group, p)
+        if "kahan_sum" in group:  # low-precision options (all four keys or none: low_precision.py)
+            from . import low_precision  # opt-in: state_dtype, kahan_comp, sr_seed/sr_step
+
+            p_state = low_precision.new_state(self, group, p, p_state)
         if not p_state:
             return {}
         self.state[p].update(p_state)
@@ -406,6 +410,10 @@ class Optimizer(torch.optim.Optimizer):
         """Run the chosen backend's update on gathered work; store back state it created."""
         group, choice, params, grads, states = w.group, w.choice, w.params, w.grads, w.states
         update = _dispatch.kernel(self.algorithm, choice.name)
+        if "kahan_sum" in group:  # low-precision options (all four keys or none: low_precision.py)
+            from . import low_precision  # opt-in: float32 working copies, rounded writes
+
+            update = low_precision.wrap(self, w, update)
         if choice.name in _dispatch.FUSED_BACKENDS:
             # torch.amp.GradScaler sets these on optimizers with _step_supports_amp_scaling;
             # fused updates unscale inside the kernel and skip the step where found_inf.

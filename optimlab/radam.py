@@ -14,6 +14,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .nadam import _weight_decay
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
@@ -105,7 +106,7 @@ def _radam_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class RAdam(Optimizer, torch.optim.RAdam):
+class RAdam(LowPrecisionMixin, Optimizer, torch.optim.RAdam):
     """RAdam (Liu et al., 2019); with ``decoupled_weight_decay=True``, RAdamW.
 
     A drop-in for ``torch.optim.RAdam`` (and a subclass of it): same signature,
@@ -142,6 +143,7 @@ class RAdam(Optimizer, torch.optim.RAdam):
         {maximize}
         {capturable}
         {differentiable}
+        {low_precision}
 
     {backends}
 
@@ -175,6 +177,10 @@ class RAdam(Optimizer, torch.optim.RAdam):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps=eps)
@@ -191,6 +197,9 @@ class RAdam(Optimizer, torch.optim.RAdam):
             decoupled_weight_decay=decoupled_weight_decay,
             differentiable=differentiable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def _init_state(self, group, p):

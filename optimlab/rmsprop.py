@@ -14,6 +14,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
@@ -96,7 +97,7 @@ def _rmsprop_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class RMSprop(Optimizer, torch.optim.RMSprop):
+class RMSprop(LowPrecisionMixin, Optimizer, torch.optim.RMSprop):
     """RMSprop (Hinton's lecture notes; centered variant from Graves, 2013).
 
     A drop-in for ``torch.optim.RMSprop`` (and a subclass of it): same signature,
@@ -128,6 +129,7 @@ class RMSprop(Optimizer, torch.optim.RMSprop):
         {foreach}
         {maximize}
         {differentiable}
+        {low_precision}
 
     {backends}
 
@@ -164,6 +166,11 @@ class RMSprop(Optimizer, torch.optim.RMSprop):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         check_nonneg(eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
@@ -179,6 +186,9 @@ class RMSprop(Optimizer, torch.optim.RMSprop):
             maximize=maximize,
             differentiable=differentiable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def _init_state(self, group, p):

@@ -13,6 +13,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr
 
@@ -67,7 +68,7 @@ def _rprop_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class Rprop(Optimizer, torch.optim.Rprop):
+class Rprop(LowPrecisionMixin, Optimizer, torch.optim.Rprop):
     """Rprop: resilient backpropagation (Riedmiller & Braun, 1993).
 
     A drop-in for ``torch.optim.Rprop`` (and a subclass of it): same signature,
@@ -97,6 +98,7 @@ class Rprop(Optimizer, torch.optim.Rprop):
         {foreach}
         {maximize}
         {differentiable}
+        {low_precision}
 
     {backends}
 
@@ -128,6 +130,10 @@ class Rprop(Optimizer, torch.optim.Rprop):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
@@ -141,6 +147,9 @@ class Rprop(Optimizer, torch.optim.Rprop):
             differentiable=differentiable,
             capturable=capturable,
         )
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable, capturable=capturable))
         super().__init__(params, defaults)
 
     def _init_state(self, group, p):

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from ._dispatch import register
 from ._docs import document
+from .low_precision import LowPrecisionMixin, check_step as low_precision_check
+from .low_precision import options as low_precision_options
 from .optimizer import Optimizer, _to_scalar
 
 __all__ = ["SGD"]
@@ -77,7 +79,7 @@ def _sgd_foreach(group, params, grads, state):
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))
-class SGD(Optimizer, torch.optim.SGD):
+class SGD(LowPrecisionMixin, Optimizer, torch.optim.SGD):
     """Stochastic gradient descent, optionally with momentum (Nesterov or not).
 
     A drop-in for ``torch.optim.SGD`` (and a subclass of it): same signature,
@@ -110,6 +112,7 @@ class SGD(Optimizer, torch.optim.SGD):
         {foreach}
         {differentiable}
         {fused}
+        {low_precision}
 
     {backends}
 
@@ -146,6 +149,10 @@ class SGD(Optimizer, torch.optim.SGD):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        kahan_sum: bool = False,
+        stochastic_rounding: bool = False,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int | None = None,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -168,6 +175,9 @@ class SGD(Optimizer, torch.optim.SGD):
         )
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults.update(low_precision_options(
+            kahan_sum, stochastic_rounding, state_dtype, rounding_seed,
+            differentiable=differentiable))
         super().__init__(params, defaults)
         if fused:
             self._step_supports_amp_scaling = True
@@ -184,6 +194,8 @@ class SGD(Optimizer, torch.optim.SGD):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _check_group(self, group, params):
+        if "kahan_sum" in group or "stochastic_rounding" in group or "state_dtype" in group:
+            low_precision_check(self, group, params)  # as LowPrecisionMixin._check_group
         wd = group["weight_decay"]
         if wd != 0:
             sparse = next((p for p in params if p.grad.is_sparse), None)
