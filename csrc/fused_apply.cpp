@@ -125,10 +125,9 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
 
 void finish(Prepared& pr) {
   for (auto& [original, copy] : pr.copy_back) original.copy_(copy);
-  // The kernels wrote through raw pointers: record the in-place updates as torch's ops
-  // would, so autograd still detects a param modified after it was saved for backward.
-  for (c10::TensorImpl* t : pr.bump) {
-    if (t != nullptr) t->bump_version();
+  // (the others' versions advanced with their first chunk: bump_versions)
+  for (size_t i = 0; i < pr.numel.size(); ++i) {
+    if (pr.numel[i] == 0) bump_versions(pr, static_cast<int64_t>(i));
   }
   pr.copy_back.clear();
   pr.bump.clear();

@@ -96,6 +96,16 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
 
 void finish(Prepared& prepared);
 
+// Advances the version counters of tensor i's written operands, as torch's in-place ops do,
+// so autograd still detects a param modified after it was saved for backward. (Called with
+// each tensor's first chunk, on the thread that updates it: every counter is its own heap
+// object, and thousands of them cost a cache miss each, better waited for in parallel.)
+inline void bump_versions(const Prepared& pr, int64_t i) {
+  for (int k = 0; k < kMaxOperands; ++k) {
+    if (c10::TensorImpl* t = pr.bump[i * kMaxOperands + k]) t->bump_version();
+  }
+}
+
 template <class T>
 constexpr at::ScalarType scalar_type_of() {
   return std::is_same_v<T, double> ? at::kDouble : at::kFloat;
@@ -283,6 +293,7 @@ void fused_apply(const char* name, const Op& op, const std::vector<Operand>& ops
       } else {
         detail::run_range<float>(op, pr, amp, item.tensor, item.begin, item.end);
       }
+      if (item.begin == 0) detail::bump_versions(pr, item.tensor);
     }
   };
   detail::run_items(static_cast<int64_t>(items.size()), total, run);

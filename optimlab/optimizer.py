@@ -385,7 +385,15 @@ class Optimizer(torch.optim.Optimizer):
         owners, grads = list(params), list(grads)
         # (map with C-level callables: these run per param on every step; Tensor.is_complex()
         # is also several times cheaper than torch.is_complex, no __torch_function__ dispatch)
-        states = {k: list(map(dict.get, per_param, itertools.repeat(k))) for k in self._state_keys(group)}
+        keys = self._state_keys(group)
+        states = None
+        if len(keys) > 1 and not torch.compiler.is_compiling():
+            try:  # one pass over the per-param dicts for all keys, then columns
+                states = dict(zip(keys, map(list, zip(*map(operator.itemgetter(*keys), per_param)))))
+            except KeyError:  # an entry is missing: the per-key pass below says which
+                pass
+        if states is None:
+            states = {k: list(map(dict.get, per_param, itertools.repeat(k))) for k in keys}
         if not self.complex_as_real or (dtypes is not None and dtypes.isdisjoint(_COMPLEX_DTYPES)):
             is_complex = [False] * len(params)  # the usual case, known from the plan's dtypes
         else:

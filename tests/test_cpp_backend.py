@@ -328,6 +328,20 @@ def test_version_counter_bumped():
         y.backward()
 
 
+def test_version_counters_bumped_for_many_tensors():
+    """Enough tensors for prepare() to split them between threads, an empty one among them:
+    every written tensor's version advances once per step (the grads, only read, keep theirs)."""
+    params = [torch.nn.Parameter(_randn(3)) for _ in range(700)] + [torch.nn.Parameter(_randn(0))]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = optimlab.Adam(params, lr=0.1, fused=True)
+    opt.step()
+    versions = [(p._version, p.grad._version, opt.state[p]["exp_avg"]._version) for p in params]
+    opt.step()
+    for p, (v_p, v_g, v_m) in zip(params, versions):
+        assert (p._version, p.grad._version, opt.state[p]["exp_avg"]._version) == (v_p + 1, v_g, v_m + 1)
+
+
 # ---- unavailable -------------------------------------------------------------------------------
 @pytest.fixture
 def no_compiler(monkeypatch):

@@ -105,7 +105,7 @@ def _fallback_reason(algorithm, group, params, grads) -> str | None:
         # (the other algorithms' plans refuse sparse grads before this runs)
         if algorithm in _SPARSE_GRADS and any(map(_IS_SPARSE, grads)):
             return "sparse grads"
-        if all(map(_IS_CPU, grads)):
+        if all(map(_IS_CPU, params)):  # (a grad is on its param's device: torch checks it)
             return None
     for g in grads:
         if g.is_sparse:
