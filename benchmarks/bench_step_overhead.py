@@ -119,6 +119,11 @@ def import_baseline(checkout: str):
     ops = root / "optimlab_baseline" / "kernels" / "ops.py"  # torch operators: own namespace
     if ops.is_file():
         ops.write_text(ops.read_text().replace('NAMESPACE = "optimlab"', 'NAMESPACE = "optimlab_baseline"'))
+    # its C++ extension under its own module name (one name would load one build for both)
+    for loader in ("cpp_build.py", "cpu.py"):
+        f = root / "optimlab_baseline" / "kernels" / loader
+        if f.is_file():
+            f.write_text(f.read_text().replace('f"optimlab_cpu_{', 'f"optimlab_baseline_cpu_{'))
     sys.path.insert(0, str(root))
     return importlib.import_module("optimlab_baseline")
 

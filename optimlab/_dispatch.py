@@ -172,7 +172,7 @@ def measured_defaults() -> dict:
 # fused backend can run, building it): it calls it eagerly and uses the answer as a constant.
 @assume_constant_result
 def _default(algorithm: str, device_type: str, dtype: torch.dtype | None = None,
-             index: int | None = None, tensors: int = 1, numel: int = 1) -> BackendChoice:
+             index: int | None = None, tensors: int = 1, numel: "int | Callable[[], int]" = 1) -> BackendChoice:
     # this machine's table for the device, else the committed one (see optimlab/_measured.py)
     entry, path = _measured.user_table(device_type, index)
     source = f" (this machine's table, {path})"
@@ -222,6 +222,10 @@ def env_backend() -> str | None:
 _NUMEL = operator.methodcaller("numel")
 
 
+def _total_numel(params: list[torch.Tensor]) -> int:
+    return sum(map(_NUMEL, params))
+
+
 def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendChoice:
     """Resolve the backend for one param group (see module docstring for the rules)."""
     device_type = _device_type(params)
@@ -249,9 +253,12 @@ def resolve(algorithm: str, group: dict, params: list[torch.Tensor]) -> BackendC
     if requested is not None and why is None:
         # before the default: computing it may check (build) a backend that is not used
         return BackendChoice(requested, f"{ENV_VAR}={requested}")
-    # (a C-level pass in eager; dynamo traces no methodcaller)
-    numel = (sum(p.numel() for p in params) if torch.compiler.is_compiling()
-             else sum(map(_NUMEL, params)))
+    # (eager: a C-level pass, only if the table's size classes disagree; dynamo traces no
+    # methodcaller, and passes _default constants)
+    if torch.compiler.is_compiling():
+        numel = sum(p.numel() for p in params)
+    else:
+        numel = functools.partial(_total_numel, params)
     default = _default(algorithm, device_type, params[0].dtype if params else None,
                        params[0].device.index if params else None, len(params), numel)
     if requested is not None:

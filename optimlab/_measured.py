@@ -56,7 +56,7 @@ def _class(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) ->
     classes = entry.get("by_size", {}).get(algorithm, {}).get(dtype, {})
     if not classes:
         return None
-    i, j = size_class(tensors, numel)
+    i, j = size_class(tensors, numel() if callable(numel) else numel)
     hit = classes.get(f"t{i}-n{j}")
     if hit is None:
         _, hit = min(classes.items(), key=lambda kv: (
@@ -64,17 +64,22 @@ def _class(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) ->
     return hit
 
 
-def lookup(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> str | None:
+def lookup(entry: dict, algorithm: str, dtype: str, tensors: int, numel) -> str | None:
     """The backend ``entry`` (one device's table) measured fastest for a group of ``tensors``
-    params holding ``numel`` elements: its size class, else the nearest measured class,
+    params holding ``numel`` elements (an int, or a function returning it, called only when
+    the measured size classes disagree): its size class, else the nearest measured class,
     else the flat ``choices``; None if nothing."""
+    classes = entry.get("by_size", {}).get(algorithm, {}).get(dtype, {})
+    picks = {c["backend"] for c in classes.values()}
+    if len(picks) == 1:  # every class measured the same fastest: the group's size is moot
+        return picks.pop()
     hit = _class(entry, algorithm, dtype, tensors, numel)
     if hit is not None:
         return hit["backend"]
     return entry.get("choices", {}).get(algorithm, {}).get(dtype)
 
 
-def ranking(entry: dict, algorithm: str, dtype: str, tensors: int, numel: int) -> list[str]:
+def ranking(entry: dict, algorithm: str, dtype: str, tensors: int, numel) -> list[str]:
     """Every backend the group's size class measured, fastest first (by :func:`rank`): the
     order a default falls back along when the fastest cannot run here."""
     hit = _class(entry, algorithm, dtype, tensors, numel)

@@ -61,3 +61,25 @@ def test_update_defaults_needs_a_passing_selfcheck(monkeypatch, tmp_path):
     assert cli.main(args) == 0
     entry = json.loads(path.read_text())["cpu"]
     assert entry["by_size"]["sgd"]["float32"]
+
+
+def test_group_size_is_read_only_when_the_size_classes_disagree():
+    """The group's element count (a pass over its params) is needed only where the measured
+    size classes picked different backends."""
+    def entry(small, large):
+        return {"by_size": {"adam": {"float32": {
+            "t4-n2": {"backend": small, "tensors_bucket": 4, "numel_bucket": 2, "measured": []},
+            "t2-n5": {"backend": large, "tensors_bucket": 2, "numel_bucket": 5, "measured": []},
+        }}}}
+
+    calls = []
+
+    def numel():
+        calls.append(1)
+        return 4096 * 256
+
+    assert _measured.lookup(entry("cpp", "cpp"), "adam", "float32", 4096, numel) == "cpp"
+    assert calls == []
+    assert _measured.lookup(entry("cpp", "forloop"), "adam", "float32", 4096, numel) == "cpp"
+    assert _measured.lookup(entry("cpp", "forloop"), "adam", "float32", 64, lambda: 64 * 65536) == "forloop"
+    assert calls == [1]
