@@ -1,7 +1,7 @@
 """Median step time of optimlab's default backend where the host side matters: many small
 tensors, and a few large ones for contrast.
 
-    python benchmarks/bench_step_overhead.py [--steps 40]
+    python benchmarks/bench_step_overhead.py [--steps 40] [--all]
 
 To compare two commits, run it with each checkout first on the path, alternating:
 
@@ -43,6 +43,11 @@ CASES = (
     ("Adamax", 64, 65536, {}),
     ("SGD", 64, 65536, {"momentum": 0.9}),
 )
+# --all: every fused elementwise optimizer and Adafactor, many small and a few large tensors
+ALL = tuple((name, k, n, {"momentum": 0.9} if name == "SGD" else {})
+            for name in ("SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam",
+                         "RAdam", "RMSprop", "Rprop", "Adafactor")
+            for k, n in ((4096, 256), (64, 65536)))
 
 
 def _optimizer(package, name: str, k: int, n: int, kwargs: dict, params=None):
@@ -136,12 +141,15 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", metavar="CHECKOUT", help="time a second checkout's optimlab, paired")
     parser.add_argument("--dispatcher", action="store_true",
                         help="time cpp steps through torch's dispatcher against direct calls, paired")
+    parser.add_argument("--all", action="store_true",
+                        help="every fused optimizer at 4096 x 256 and 64 x 65536 (default: a few cases)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cases = ALL if args.all else CASES
     if args.dispatcher:
         print(f"{args.label} direct -> through the dispatcher, {args.threads} threads, {args.steps} paired "
               "steps; ms (median ratio)")
-        for name, k, n, kw in CASES:
+        for name, k, n, kw in cases:
             direct, dispatched, ratio = dispatcher_ms(name, k, n, kw, args.steps)
             print(f"  {name} {k}x{n}: {direct:.3f} -> {dispatched:.3f} ({ratio:.3f})", flush=True)
         return 0
@@ -149,12 +157,12 @@ def main(argv=None) -> int:
         baseline = import_baseline(args.baseline)
         print(f"{args.label} baseline {args.baseline} vs {Path(optimlab.__file__).parents[1]}, "
               f"{args.threads} threads, {args.steps} paired steps; ms: baseline -> current (median ratio)")
-        for name, k, n, kw in CASES:
+        for name, k, n, kw in cases:
             old, new, ratio = paired_ms(baseline, name, k, n, kw, args.steps)
             print(f"  {name} {k}x{n}: {old:.3f} -> {new:.3f} ({ratio:.3f})", flush=True)
         return 0
     cells = [f"{name} {k}x{n}: {median_step_ms(name, k, n, kw, args.steps):.3f} ms"
-             for name, k, n, kw in CASES]
+             for name, k, n, kw in cases]
     print(args.label, " | ".join(cells))
     return 0
 
