@@ -95,3 +95,28 @@ def test_unsupported_uses_raise_before_anything_changes():
     with pytest.raises(RuntimeError, match="step\\(closure\\) is not supported under gradient release"):
         opt.step(lambda: (p * p).sum())
     assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("option", [{"kahan_sum": True}, {"stochastic_rounding": True, "rounding_seed": 3},
+                                    {"state_dtype": torch.float32}])
+def test_release_with_low_precision_options_equals_normal_steps(option):
+    """bf16 training with a low-precision option: updating each param during backward gives
+    the bits (params and every state entry) of normal steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(torch.bfloat16)
+    released = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(torch.bfloat16)
+    released.load_state_dict(model.state_dict())
+    opt = optimlab.AdamW(model.parameters(), lr=1e-3, **option)
+    opt_r = optimlab.AdamW(released.parameters(), lr=1e-3, **option)
+    optimlab.gradient_release(opt_r)
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    for _ in range(3):
+        model(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        released(x).square().sum().backward()
+    for p, q in zip(model.parameters(), released.parameters()):
+        assert torch.equal(p, q)
+        assert opt.state[p].keys() == opt_r.state[q].keys()
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, opt_r.state[q][k]), k
