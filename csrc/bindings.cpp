@@ -101,6 +101,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rmsprop", &rmsprop, py::call_guard<py::gil_scoped_release>());
   m.def("rprop", &rprop, py::call_guard<py::gil_scoped_release>());
   m.def("adafactor", &adafactor, py::call_guard<py::gil_scoped_release>());
+  m.def("lp_write", &lp_write, py::call_guard<py::gil_scoped_release>());
   m.def("add_to_scalars", &add_to_scalars);
   m.def("read_scalars", &read_scalars);
   m.def("write_scalars", &write_scalars);

@@ -102,6 +102,17 @@ void adafactor(const TensorList& params, const TensorList& grads, const TensorLi
                const AdafactorCoefficients& coefficients, const OptTensor& grad_scale,
                const OptTensor& found_inf);
 
+// The low-precision write-back (optimlab/low_precision.py, csrc/low_precision.cpp): float32
+// working copies `works` written into bfloat16/float16 `params` (CPU, not 0-dim) rounded to
+// nearest (mode kLpNearest), with Kahan compensation `comps` (kLpKahan; same dtype and layout
+// as the params) or stochastically (kLpStochastic, bfloat16 only, contiguous tensors; Philox
+// key seeds[i], counters (index_base[i] + element index, steps[i]) as 2x32 bits each).
+// Nearest/Kahan take any dense layout shared by a param and its operands.
+constexpr int64_t kLpNearest = 0, kLpKahan = 1, kLpStochastic = 2;
+void lp_write(const TensorList& params, const TensorList& works, const TensorList& comps, int64_t mode,
+              const std::vector<uint64_t>& seeds, const std::vector<uint64_t>& steps,
+              const std::vector<int64_t>& index_base);
+
 // Host helpers for the 0-dim state scalars (step, eta, mu, mu_product): one call per list
 // instead of one torch op per tensor.
 std::vector<double> add_to_scalars(const TensorList& scalars, double delta);  // in place; new values

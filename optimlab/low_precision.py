@@ -74,6 +74,14 @@ state in the group's state dtype and keeps the checkpoint's dtype and value of t
 entries (torch's load would cast ``sr_seed``, ``sr_step``, ``eta``... to the param's dtype); a
 checkpoint without the four keys (torch.optim's) keeps the optimizer's constructor values.
 Under ``torch.compile`` the low-precision write runs eagerly (a graph break).
+
+Fused write-backs (the param writes above as one pass over memory, bit for bit the torch
+code here, which stays the reference and writes whatever they do not take): the C++
+extension's ``lp_write`` (csrc/low_precision.cpp) for CPU params when the extension is
+already loaded (never built for this), Triton's (``optimlab.kernels.triton.low_precision``)
+for CUDA params when Triton can be imported. Exception: a float16 Kahan write of a NaN on
+the CPU is NaN where the torch code's is, not always with its payload bits (torch's own
+differ between its vectorized and scalar loops).
 """
 
 from __future__ import annotations
@@ -498,6 +506,7 @@ def _run_chunk(update, group, chunk, params, grads, states, amp, opt, owners, mo
             else:  # scalars (step, eta, ...): the real ones once, with a param's last slice
                 ws[k].append(t if last or not isinstance(t, Tensor) else t.clone())
     update(group, wp, wg, ws, **amp)
+    fused = _FusedWrites.for_params([params[i] for i, _, _ in chunk])
     for j, (i, a, b) in enumerate(chunk):
         p, rng, views = params[i], None if a is None else (a, b), src[j]
         for k in elem[i]:
@@ -517,10 +526,13 @@ def _run_chunk(update, group, chunk, params, grads, states, amp, opt, owners, mo
         dst, w = views[None], wp[j]
         if w is dst:
             continue
+        comp = _slice(opt.state[owners[i]]["kahan_comp"], rng) if modes[i] == _KAHAN else None
+        seed, step = sr_counter.get(i, (0, 0))
+        if fused is not None and fused.take(dst, w, comp, modes[i], seed, step, 0 if a is None else a):
+            continue
         if modes[i] == _KAHAN:
-            kahan_write(dst, _slice(opt.state[owners[i]]["kahan_comp"], rng), w)
+            kahan_write(dst, comp, w)
         elif modes[i] == _SR:
-            seed, step = sr_counter[i]
             if rng is None:
                 index = torch.arange(p.numel(), device=p.device).view(p.shape)
             else:
@@ -528,6 +540,71 @@ def _run_chunk(update, group, chunk, params, grads, states, amp, opt, owners, mo
             dst.copy_(stochastic_round(w, seed, index, step))
         else:
             dst.copy_(w)
+    if fused is not None:
+        fused.run()
+
+
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of memory without gaps or overlaps (any order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
+class _FusedWrites:
+    """The param write-backs of one chunk as fused kernels, bit for bit the torch path above
+    (which stays the reference, and takes whatever the kernels do not): the C++ extension's
+    ``lp_write`` for CPU params, one call per mode, when the extension is already loaded (the
+    cpp backend ran or was asked about: never a build for this); Triton's
+    (``optimlab.kernels.triton.low_precision``) for CUDA params when Triton can be imported."""
+
+    def __init__(self, cpp, triton_write) -> None:
+        self.cpp, self.triton = cpp, triton_write
+        self.lists = {m: ([], [], [], [], [], []) for m in (0, _KAHAN, _SR)}
+
+    @classmethod
+    def for_params(cls, params) -> _FusedWrites | None:
+        cpp = triton_write = None
+        if any(p.device.type == "cpu" for p in params):
+            from .kernels import cpp_build
+
+            cpp = getattr(cpp_build._module, "lp_write", None)  # (None: not loaded)
+        if any(p.is_cuda for p in params):
+            from .kernels import triton as ot
+
+            if ot.available() is None:
+                from .kernels.triton import low_precision as triton_write
+        return None if cpp is None and triton_write is None else cls(cpp, triton_write)
+
+    def take(self, dst: Tensor, w: Tensor, comp, mode: int, seed: int, step: int, base: int) -> bool:
+        """Queue (CPU) or run (CUDA) one write if a kernel takes it; False: the caller writes."""
+        if dst.dtype not in (torch.bfloat16, torch.float16) or w.dtype != torch.float32 or dst.dim() == 0:
+            return False  # (0-dim: torch converts a NaN to bfloat16 another way there)
+        if dst.is_cuda and self.triton is not None:
+            if not self.triton.supports(dst, w, comp, mode):
+                return False
+            self.triton.write(dst, w, comp, mode, seed, step, base)
+            return True
+        if dst.device.type != "cpu" or self.cpp is None or w.device != dst.device:
+            return False
+        if mode == _SR:  # the random bits follow the row-major index: row-major memory only
+            ok = dst.is_contiguous() and w.is_contiguous()
+        else:  # elementwise: any dense layout the operands share
+            ok = (_dense(dst) and w.stride() == dst.stride()
+                  and (comp is None or (comp.stride() == dst.stride() and comp.device == dst.device)))
+        if ok:
+            for lst, x in zip(self.lists[mode], (dst, w, comp, seed & _M64, step & _M64, base)):
+                lst.append(x)
+        return ok
+
+    def run(self) -> None:
+        for mode, (ps, ws, cs, seeds, steps, bases) in self.lists.items():
+            if ps:
+                self.cpp(ps, ws, cs if mode == _KAHAN else [], mode, seeds, steps, bases)
 
 
 # ---- the optimizer side -----------------------------------------------------------------

@@ -53,6 +53,7 @@ _CSRC_CANDIDATES = (
 _SOURCES = (
     "bindings.cpp", "fused_apply.cpp", "adam.cpp", "sgd.cpp", "adagrad.cpp", "adadelta.cpp",
     "adamax.cpp", "asgd.cpp", "nadam.cpp", "radam.cpp", "rmsprop.cpp", "rprop.cpp", "adafactor.cpp",
+    "low_precision.cpp",
 )
 _HEADERS = ("optim_math.h", "fused_apply.h", "kernels.h")
 
