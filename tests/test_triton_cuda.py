@@ -91,3 +91,31 @@ def test_sgd_fused_first_step_overflow_leaves_no_bad_momentum():
 def test_capturable_step_in_a_cuda_graph(name):
     result = selfcheck._check_graph_capture(name, "triton", "cuda")
     assert result.status == "ok", result
+
+
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+def test_low_precision_write_same_bits_on_cuda_and_cpu(mode):
+    """The low-precision write-back: Triton on the GPU gives the bits of the C++ kernel on the
+    CPU and of the torch reference, for the same float32 results, seed and step."""
+    from optimlab import low_precision
+    from optimlab.kernels import cpu
+    from optimlab.kernels.triton import low_precision as triton_lp
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(70001, generator=gen).to(torch.bfloat16)
+    new = p.float() + torch.randn(70001, generator=gen) * 1e-3  # updates below half an ulp too
+    comp = (torch.randn(70001, generator=gen) * 1e-4).to(torch.bfloat16)
+    seed, step = 2**40 + 7, 3
+    ref_p, ref_c = p.clone(), comp.clone()
+    if mode == "kahan":
+        low_precision.kahan_write(ref_p, ref_c, new)
+    else:
+        ref_p.copy_(low_precision.stochastic_round(new, seed, torch.arange(70001), step))
+    code = triton_lp.KAHAN if mode == "kahan" else triton_lp.STOCHASTIC
+    cpu_p, cpu_c = p.clone(), comp.clone()
+    cpu.load().lp_write([cpu_p], [new], [cpu_c] if mode == "kahan" else [], code, [seed], [step], [0])
+    gpu_p, gpu_c = p.cuda(), comp.cuda()
+    triton_lp.write(gpu_p, new.cuda(), gpu_c if mode == "kahan" else None, code, seed, step)
+    torch.cuda.synchronize()
+    for a, b in ((cpu_p, ref_p), (gpu_p.cpu(), ref_p), (cpu_c, ref_c), (gpu_c.cpu(), ref_c)):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))
