@@ -95,7 +95,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._compat import disable_dynamo
+from ._compat import disable_dynamo, tracing
 
 __all__ = ["KEYS", "LowPrecisionMixin", "apply", "kahan_write", "options", "philox",
            "splitmix64", "sr_seed", "stochastic_round"]
@@ -568,6 +568,8 @@ class _FusedWrites:
 
     @classmethod
     def for_params(cls, params) -> _FusedWrites | None:
+        if tracing():  # make_fx, dispatch modes, dynamo: torch's ops, which they record
+            return None
         cpp = triton_write = None
         if any(p.device.type == "cpu" for p in params):
             from .kernels import cpp_build

@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 
+import optimlab
 from optimlab import low_precision as lp
 
 SIZES = [1, 13, 1037, 70001]
@@ -181,3 +182,42 @@ def test_optimizer_fused_write_equals_torch_path(cpp, config, monkeypatch):
         assert _same(p.detach(), q.detach())
         for k, v in oa.state[p].items():
             assert torch.equal(v, ob.state[q][k]) if v.dtype != torch.bfloat16 else _same(v, ob.state[q][k]), k
+
+
+@pytest.mark.parametrize("option", [{"kahan_sum": True}, {"stochastic_rounding": True, "rounding_seed": 1}])
+def test_write_back_is_recorded_where_ops_are_traced(option):
+    """Under a dispatch mode (make_fx, FakeTensorMode...) the write-back runs as torch ops the
+    mode sees, not as the C++ kernel it cannot, with the same bits as the eager step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):  # records the in-place ops that write into `watched`'s memory
+        def __init__(self, watched):
+            super().__init__()
+            self.address, self.ops = watched.untyped_storage().data_ptr(), set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if (name.endswith("_") and args and isinstance(args[0], torch.Tensor)
+                    and args[0].untyped_storage().data_ptr() == self.address):
+                self.ops.add(name)
+            return func(*args, **(kwargs or {}))
+
+    steps = []
+    for traced in (False, True):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(64, 33).to(torch.bfloat16))
+        opt = optimlab.AdamW([p], lr=1e-3, fused=True, **option)
+        p.grad = torch.randn(64, 33).to(torch.bfloat16)
+        opt.step()  # (loads the extension: the fused write-back is available from here on)
+        if traced:
+            mode = Seen(p)
+            with mode:
+                opt.step()
+            assert mode.ops, "the param's write-back was not seen by the dispatch mode"
+        else:
+            opt.step()
+        steps.append((p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}))
+    (a, sa), (b, sb) = steps
+    assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
