@@ -35,6 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from optimlab._measured import device_name  # noqa: E402
+
 
 def _load_example():
     spec = importlib.util.spec_from_file_location("optimlab_example_low_precision",
@@ -54,16 +56,6 @@ COLORS = {"fp32": "black", "bf16": "tab:red", "bf16+kahan": "tab:blue", "bf16+sr
           "mixed": "tab:orange"}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _isa() -> str:
     try:
         return torch.backends.cpu.get_cpu_capability()
@@ -75,7 +67,7 @@ def environment(args) -> dict:
     import os
 
     return dict(date=datetime.date.today().isoformat(), python=platform.python_version(),
-                torch=torch.__version__, cpu=_cpu_name(), cores=os.cpu_count(), isa=_isa(),
+                torch=torch.__version__, cpu=device_name(torch.device("cpu")), cores=os.cpu_count(), isa=_isa(),
                 threads=args.threads, matmul=args.matmul,
                 load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
 

@@ -2,7 +2,7 @@
 and the host cost per tensor.
 
     python benchmarks/bench_many_small.py [--tensors 4096] [--size 256] [--rounds 5]
-        [--steps 10] [--threads 2] [--only Adam SGD ...] [--out FILE.md]
+        [--steps 10] [--threads 2] [--only Adam SGD ...] [--warm] [--out FILE.md]
 
 For each optimizer (fp32 params: ``--tensors`` tensors of ``--size`` elements, grads set
 once; Muon gets square matrices, SparseAdam sparse grads): the step time of optimlab's
@@ -76,8 +76,10 @@ def variants(name: str, k: int, n: int) -> dict[str, torch.optim.Optimizer]:
     return out
 
 
-def measure(name: str, k: int, n: int, rounds: int, steps: int) -> dict[str, list[float]]:
-    """label -> the per-round median step times (s)."""
+def measure(name: str, k: int, n: int, rounds: int, steps: int, warm: bool = False) -> dict[str, list[float]]:
+    """label -> the per-round median step times (s). Steps take turns between the variants
+    (each starts with the others' data in the caches, as a training step after forward and
+    backward), or with ``warm`` each variant's steps of a round run back to back."""
     opts = variants(name, k, n)
     for opt in opts.values():
         for _ in range(3):  # state creation, first-use costs
@@ -86,8 +88,10 @@ def measure(name: str, k: int, n: int, rounds: int, steps: int) -> dict[str, lis
     for r in range(rounds):
         times: dict[str, list[float]] = {label: [] for label in opts}
         order = list(opts.items())
-        for s in range(steps):
-            for label, opt in (order if (r + s) % 2 == 0 else order[::-1]):
+        turns = ([[(label, opt)] * steps for label, opt in order] if warm else
+                 [order if (r + s) % 2 == 0 else order[::-1] for s in range(steps)])
+        for turn in turns:
+            for label, opt in turn:
                 t0 = time.perf_counter()
                 opt.step()
                 times[label].append(time.perf_counter() - t0)
@@ -108,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", nargs="*", help="optimizer names (default: all fourteen)")
+    parser.add_argument("--warm", action="store_true",
+                        help="each variant's steps back to back (default: variants take turns step by step)")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args(argv)
     for flag in ("tensors", "size", "rounds", "steps"):
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     ]
     print("\n".join(lines), flush=True)
     for name in args.only or NAMES:
-        per_round = measure(name, k, n, args.rounds, args.steps)
+        per_round = measure(name, k, n, args.rounds, args.steps, args.warm)
         default = per_round.pop("optimlab default")
         single = per_round.pop("optimlab, 1 tensor", None)
         best = min(per_round, key=lambda label: statistics.median(per_round[label]))

@@ -20,8 +20,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
-from .low_precision import LowPrecisionMixin, check_step as low_precision_check
-from .low_precision import options as low_precision_options
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor
 from ._validation import check_lr, check_nonneg
 
@@ -194,8 +193,7 @@ class Adagrad(LowPrecisionMixin, Optimizer, torch.optim.Adagrad):
         return ("step", "sum")
 
     def _check_group(self, group, params):
-        if "kahan_sum" in group or "stochastic_rounding" in group or "state_dtype" in group:
-            low_precision_check(self, group, params)  # as LowPrecisionMixin._check_group
+        super()._check_group(group, params)  # the low-precision options (LowPrecisionMixin)
         if group["weight_decay"] != 0 and any(p.grad.is_sparse for p in params):
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
 

@@ -13,8 +13,7 @@ from torch import Tensor
 from ._common import by_device_and_dtype, foreach_increment, like
 from ._dispatch import register
 from ._docs import document
-from .low_precision import LowPrecisionMixin, check_step as low_precision_check
-from .low_precision import options as low_precision_options
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
@@ -282,8 +281,7 @@ class Adam(LowPrecisionMixin, Optimizer, torch.optim.Adam):
         return keys + ("max_exp_avg_sq",) if group["amsgrad"] else keys
 
     def _check_group(self, group, params):
-        if "kahan_sum" in group or "stochastic_rounding" in group or "state_dtype" in group:
-            low_precision_check(self, group, params)  # as LowPrecisionMixin._check_group
+        super()._check_group(group, params)  # the low-precision options (LowPrecisionMixin)
         if group["differentiable"]:
             for p in params:
                 step = self.state.get(p, {}).get("step")

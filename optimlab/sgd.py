@@ -15,8 +15,7 @@ from torch import Tensor
 
 from ._dispatch import register
 from ._docs import document
-from .low_precision import LowPrecisionMixin, check_step as low_precision_check
-from .low_precision import options as low_precision_options
+from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar
 
 __all__ = ["SGD"]
@@ -194,8 +193,7 @@ class SGD(LowPrecisionMixin, Optimizer, torch.optim.SGD):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _check_group(self, group, params):
-        if "kahan_sum" in group or "stochastic_rounding" in group or "state_dtype" in group:
-            low_precision_check(self, group, params)  # as LowPrecisionMixin._check_group
+        super()._check_group(group, params)  # the low-precision options (LowPrecisionMixin)
         wd = group["weight_decay"]
         if wd != 0:
             sparse = next((p for p in params if p.grad.is_sparse), None)
