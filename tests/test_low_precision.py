@@ -327,6 +327,9 @@ def test_state_dtype_bf16_on_fp32(name, backend, backend_env):
             ref = o_b.state[q][k]
             want = torch.bfloat16 if lp._is_element(k, ref, q) else ref.dtype
             assert v.dtype == want, k
+        # bf16 moments carry 2**-8 relative rounding each step, so the param's total movement
+        # differs from the float32-state run's by a few percent: close, not equal (the exact
+        # write rule is tested bitwise above; this checks state_dtype only stores, not rescales)
         torch.testing.assert_close(p - r, q - r, rtol=0.05, atol=2e-3 * KWARGS[name]["lr"] * 10)
 
 
