@@ -154,13 +154,15 @@ def backends_fragment(name: str, flags: set[str], backends: tuple[str, ...]) -> 
     paragraphs = [intro] + [f"{i}. {r}{';' if i < len(rules) else ''}" for i, r in enumerate(rules, 1)]
     if "cpp" in backends:
         cost = (
-            "Cost: ``forloop`` and ``foreach`` are plain PyTorch. The first step that runs "
-            "``cpp`` in a process compiles its C++ extension, once: a build is cached (in "
-            "``$OPTIMLAB_CACHE_DIR``, else ``~/.cache/optimlab``). A full build took 59 s of "
-            "CPU time (97 s wall, under load) on a 2-core VM; a later process loads the "
-            "cached build in about 0.1 s, and ``python -m optimlab.kernels`` builds it ahead "
-            "of time. Without a working C++ compiler the default falls back to ``foreach`` "
-            "with one warning."
+            "Cost: ``forloop`` and ``foreach`` are plain PyTorch. ``pip install`` compiles "
+            "the ``cpp`` backend's C++ extension for the installing machine and torch, so a "
+            "step loads it (about 0.1 s, once per process). Where that build does not match "
+            "(torch installed or upgraded after optimlab, another CPU), the first ``cpp`` step "
+            "of a process compiles it, once, saying so on stderr (about 1-2 minutes on a 2-core "
+            "VM), into a cache (``$OPTIMLAB_CACHE_DIR``, else ``~/.cache/optimlab``); "
+            "``python -m optimlab.kernels`` builds it ahead of time. Without a working C++ "
+            "compiler the default falls back to the next fastest measured backend with one "
+            "warning."
         )
     else:
         plain = "``forloop`` and ``foreach`` are" if "foreach" in backends else "``forloop`` is"

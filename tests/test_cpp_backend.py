@@ -344,8 +344,10 @@ def test_version_counters_bumped_for_many_tensors():
 
 # ---- unavailable -------------------------------------------------------------------------------
 @pytest.fixture
-def no_compiler(monkeypatch):
-    """The real availability path on a machine without a compiler (nothing built yet)."""
+def no_compiler(monkeypatch, tmp_path):
+    """The real availability path on a machine without a compiler (nothing built yet, not
+    at install time either)."""
+    monkeypatch.setattr(cpp_build, "_PREBUILT", tmp_path / "prebuilt")
     monkeypatch.setattr(cpp_build, "_module", None)
     monkeypatch.setattr(cpp_build, "_checked", False)
     monkeypatch.setattr(cpp_build, "_unavailable_reason", None)

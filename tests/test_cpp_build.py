@@ -1,5 +1,6 @@
-"""The C++ build's first use (optimlab/kernels/cpp_build.py): what it says on stderr, Ctrl-C,
-a stale lock file, a remembered failure, and no build when the backend is not cpp.
+"""The C++ build (optimlab/kernels/cpp_build.py): the install-time build (setup.py), and a
+first use without one: what it says on stderr, Ctrl-C, a stale lock file, a remembered
+failure, and no build when the backend is not cpp.
 
 No compiler runs here: ``cpp_extension.load`` (or ``_build``) is replaced by a fake, in an
 empty cache in tmp_path. (The real build is exercised by the cpp tests, in the shared cache.)
@@ -29,6 +30,7 @@ TOP = "AVX512"  # the instruction set the tests' "CPU" runs: three candidates to
 def fresh(monkeypatch, tmp_path):
     """A process that has not loaded the extension, with a compiler and an empty cache."""
     monkeypatch.setenv("OPTIMLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp_build, "_PREBUILT", tmp_path / "prebuilt")  # no install-time build
     monkeypatch.delenv("OPTIMLAB_BUILD_LOCK_TIMEOUT", raising=False)
     for name, value in (("_module", None), ("_checked", False), ("_unavailable_reason", None),
                         ("_announced", False)):
@@ -79,6 +81,72 @@ def builds(monkeypatch):
 
 def _dir(cap: str = TOP) -> Path:
     return cpp_build.build_directory(cap)
+
+
+# ---- the install-time build -----------------------------------------------------------------------
+def _library(directory: Path, name: str = f"optimlab_cpu_{TOP.lower()}") -> Path:
+    """A stand-in for a built extension (a module the loader can import), and its stamp."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.py").write_text(f"capability = {TOP!r}\nvector_width_float = 16\n")
+    (directory / "BUILT").write_text(f"{name}.py")
+    return directory / f"{name}.py"
+
+
+def test_the_install_time_build_is_loaded_without_compiling(fresh, compiles, capsys, monkeypatch):
+    monkeypatch.setattr(cpp_build.shutil, "which", lambda name: None)  # not even a compiler needed
+    lib = _library(cpp_build.build_directory(TOP, root=cpp_build._PREBUILT))
+    assert cpp_build.availability() is None
+    assert cpp_build._module.__file__ == str(lib)
+    assert compiles.calls == [] and capsys.readouterr().err == "" and not _dir().exists()
+
+
+def test_an_install_time_build_of_other_sources_is_not_loaded(fresh, compiles):
+    _library(cpp_build._PREBUILT / f"cpu-{TOP.lower()}-0123456789abcdef")  # other sources/torch
+    cpp_build.load()
+    assert compiles.calls == [(_dir().name, False)]
+
+
+def test_into_keeps_only_the_library(fresh, compiles, monkeypatch, capsys):
+    def load(name, build_directory, **kwargs):  # a compile leaves its intermediates
+        directory = Path(build_directory)
+        for f in ("build.ninja", "adam.o", ".ninja_log", f"{name}.so"):
+            (directory / f).write_text("")
+        return _extension(directory, name)
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    root = fresh / "into"
+    older = root / "cpu-avx512-0123456789abcdef"  # an earlier install's build
+    older.mkdir(parents=True)
+    assert cpp_build._main(["--into", str(root)]) == 0
+    built = cpp_build.build_directory(TOP, root=root)
+    assert sorted(f.name for f in built.iterdir()) == ["BUILT", f"optimlab_cpu_{TOP.lower()}.so"]
+    assert not older.exists() and f"{built}" in capsys.readouterr().out
+
+
+def test_into_copies_the_same_build_from_the_cache(fresh, compiles):
+    lib = _library(_dir())  # this machine already built these sources for this torch
+    root = fresh / "into"
+    assert cpp_build.prebuild(root) == cpp_build.build_directory(TOP, root=root) / lib.name
+    assert compiles.calls == []
+
+
+@pytest.mark.skipif(not os.environ.get("OPTIMLAB_EXPECT_PREBUILT"),
+                    reason="checks the install CI just ran (.ci/run sets OPTIMLAB_EXPECT_PREBUILT)")
+def test_after_install_the_first_step_compiles_nothing(tmp_path):
+    code = ("import time, torch, optimlab\n"
+            "from optimlab.kernels import cpp_build\n"
+            "p = torch.nn.Parameter(torch.ones(8)); p.grad = torch.ones(8)\n"
+            "opt = optimlab.AdamW([p])\n"
+            "t0 = time.perf_counter(); opt.step(); t = time.perf_counter() - t0\n"
+            "print(opt.backends()[0].name, cpp_build._module.__file__, f'{t:.3f}')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPTIMLAB_BACKEND", "OPTIMLAB_CPU_ISA")}
+    env["OPTIMLAB_CACHE_DIR"] = str(tmp_path)  # an empty cache: nothing there to import
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    backend, lib, seconds = run.stdout.split()
+    print(f"first step {seconds} s with {lib}")
+    assert backend == "cpp" and Path(lib).is_relative_to(cpp_build._PREBUILT)
+    assert "compiling" not in run.stderr and not any(tmp_path.glob("cpu-*"))
 
 
 # ---- what a build says ---------------------------------------------------------------------------
@@ -163,7 +231,8 @@ def test_the_build_another_process_finishes_is_imported(fresh, compiles, capsys,
     lock = _lock(age_s=0)
     # the other process's build is importable once its lock is gone
     monkeypatch.setattr(cpp_build, "_import_built",
-                        lambda name, d: None if (d / "lock").exists() else _extension(d, name))
+                        lambda name, d: None if (d / "lock").exists() or d.is_relative_to(cpp_build._PREBUILT)
+                        else _extension(d, name))
     threading.Timer(0.2, lock.unlink).start()
     cpp_build.load()
     err = capsys.readouterr().err

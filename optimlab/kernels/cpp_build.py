@@ -1,6 +1,14 @@
 """Building and loading the "cpp" backend's C++ extension (``csrc/``).
 
-The extension is compiled on first use with ``torch.utils.cpp_extension.load`` into
+``pip install`` compiles the extension for the installing machine into the package
+(``optimlab/kernels/_prebuilt/``, by ``setup.py``: ``python -m optimlab.kernels --into``),
+against the torch already installed in the environment being installed into (pip's
+isolated build environment itself has no torch, and pip never resolves one for it). A
+process finds that build by the same hash as below (sources, flags, torch's and Python's
+versions, CPU capability) and imports it: the first step compiles nothing. Where there is
+no such build (torch installed after optimlab, upgraded since, another CPU, sources edited
+in a checkout, ``OPTIMLAB_NO_PREBUILD=1`` at install), the extension is compiled on first
+use with ``torch.utils.cpp_extension.load`` into
 ``$OPTIMLAB_CACHE_DIR`` (default: ``$TORCH_EXTENSIONS_DIR/optimlab``, else
 ``$XDG_CACHE_HOME/optimlab`` or ``~/.cache/optimlab``), in a folder named after a hash of
 the sources, the flags, torch's and Python's versions and the CPU capability, so later
@@ -46,6 +54,7 @@ from .._compat import assume_constant_result
 
 __all__ = ["availability", "build_directory", "cache_root", "capability", "csrc_dir", "load"]
 
+_PREBUILT = Path(__file__).resolve().parent / "_prebuilt"  # the install-time build (setup.py)
 _CSRC_CANDIDATES = (
     Path(__file__).resolve().parent / "csrc",  # shipped inside the package
     Path(__file__).resolve().parents[2] / "csrc",  # source checkout / editable install
@@ -139,14 +148,15 @@ def _module_name(cap: str) -> str:
     return f"optimlab_cpu_{cap.lower()}"
 
 
-def build_directory(cap: str | None = None, src: Path | None = None) -> Path:
+def build_directory(cap: str | None = None, src: Path | None = None, root: Path | None = None) -> Path:
+    """Where the build of ``src`` for ``cap`` lives under ``root`` (default: ``cache_root()``)."""
     cap = cap or capability()
     src = src or csrc_dir()
     digest = hashlib.sha256()
     for f in _SOURCES + _HEADERS:
         digest.update(f.encode() + b"\0" + (src / f).read_bytes() if src else f.encode())
     digest.update(repr((_flags(cap), torch.__version__, sys.version_info[:2], platform.machine())).encode())
-    return cache_root() / f"cpu-{cap.lower()}-{digest.hexdigest()[:16]}"
+    return (root or cache_root()) / f"cpu-{cap.lower()}-{digest.hexdigest()[:16]}"
 
 
 def _candidates(cap: str) -> tuple[str, ...]:
@@ -182,9 +192,9 @@ def _import_built(name: str, directory: Path) -> ModuleType | None:
     return module
 
 
-def _build(cap: str, src: Path, verbose: bool = False) -> ModuleType:
+def _build(cap: str, src: Path, verbose: bool = False, root: Path | None = None) -> ModuleType:
     name = _module_name(cap)
-    directory = build_directory(cap, src)
+    directory = build_directory(cap, src, root)
     module = _import_built(name, directory)
     if module is not None:
         return module
@@ -299,10 +309,13 @@ def load(verbose: bool = False) -> ModuleType:
         src = csrc_dir()
         if src is None:
             raise RuntimeError("optimlab's C++ sources (csrc/) were not found next to the package")
+        cap = capability()
+        _module = _import_built(_module_name(cap), build_directory(cap, src, _PREBUILT))
+        if _module is not None:  # built by pip install for these sources, this torch and CPU
+            return _module
         compiler = os.environ.get("CXX", "c++")
         if shutil.which(compiler) is None:
             raise RuntimeError(f"no C++ compiler found (looked for {compiler!r}; set CXX to one)")
-        cap = capability()
         _lock_timeout()  # a malformed value raises here, not as a build failure to remember
         failed = build_directory(cap, src) / _FAILED
         if failed.is_file():  # every process would otherwise spend minutes failing again
@@ -369,19 +382,49 @@ def availability() -> str | None:
 _dispatch.register_availability("cpp", availability)
 
 
+def prebuild(root: Path, verbose: bool = False) -> Path:
+    """Build the extension for this machine into ``root`` and keep only what a process loads
+    (the library and its stamp; earlier builds in ``root`` are removed): what ``pip install``
+    runs (setup.py). Raises if the build fails. Returns the library's path."""
+    cap, src = capability(), csrc_dir()
+    if src is None:
+        raise RuntimeError("optimlab's C++ sources (csrc/) were not found next to the package")
+    directory, cached = build_directory(cap, src, root), build_directory(cap, src)
+    if (cached / _STAMP).is_file() and (cached / (lib := (cached / _STAMP).read_text().strip())).is_file():
+        # this machine's cache has the same build (same hash): copied, not compiled again
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cached / lib, directory / lib)
+        _write_atomic(directory / _STAMP, lib)
+    module = _build(cap, src, verbose, root)
+    lib = Path(module.__file__)
+    for old in root.iterdir():
+        if old.is_dir() and old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    for f in directory.iterdir():
+        if f.name not in (_STAMP, lib.name):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    return lib
+
+
 def _main(argv=None) -> int:
-    """``python -m optimlab.kernels [--rebuild] [--verbose]``: build ahead of time."""
+    """``python -m optimlab.kernels [--rebuild] [--verbose] [--into DIR]``: build ahead of time."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Build optimlab's C++ CPU kernels ahead of time.")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--rebuild", action="store_true",
                         help="forget a remembered failed build (and the stamp of a finished one) and build again")
+    parser.add_argument("--into", type=Path, metavar="DIR",
+                        help="build into DIR and keep only the library (what pip install does, into the package)")
     args = parser.parse_args(argv)
     if args.rebuild:
         _forget()
     t0 = time.perf_counter()
     try:
+        if args.into is not None:
+            lib = prebuild(args.into, verbose=args.verbose)
+            print(f"optimlab cpp backend: {lib}, built in {time.perf_counter() - t0:.0f} s")
+            return 0
         module = load(verbose=args.verbose)
     except RuntimeError as e:
         print(f"optimlab cpp backend: unavailable: {e}", file=sys.stderr)
