@@ -34,12 +34,11 @@ struct AdadeltaOp {
 }  // namespace
 
 void adadelta(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-              const TensorList& acc_deltas, double lr, double rho, double eps, double weight_decay,
-              bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
+              const TensorList& acc_deltas, const TensorList& state_steps, double lr, double rho, double eps,
+              double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
   const AdadeltaOp op{lr, rho, eps, weight_decay, maximize};
-  fused_apply("adadelta", op,
-              {{&params, true}, {&grads, false}, {&square_avgs, true}, {&acc_deltas, true}},
-              read_amp(grad_scale, found_inf));
+  fused_step("adadelta", op, {{&params, true}, {&grads, false}, {&square_avgs, true}, {&acc_deltas, true}},
+             state_steps, read_amp(grad_scale, found_inf));
 }
 
 }  // namespace optimlab

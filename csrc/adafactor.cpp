@@ -606,16 +606,17 @@ double norm_as(at::ScalarType st, double sum_sq) {
 }  // namespace
 
 void adafactor(const TensorList& params, const TensorList& grads, const TensorList& row_vars,
-               const TensorList& col_vars, const TensorList& variances, const Scalars& one_minus_beta2_t,
-               double eps1, double weight_decay, double decay_factor, bool maximize,
-               const AdafactorCoefficients& coefficients, const OptTensor& grad_scale,
+               const TensorList& col_vars, const TensorList& variances, const TensorList& state_steps,
+               const StepScalars& step_scalars, double eps1, double weight_decay, double decay_factor,
+               bool maximize, const AdafactorCoefficients& coefficients, const OptTensor& grad_scale,
                const OptTensor& found_inf) {
   const size_t n = params.size();
-  check_per_tensor("adafactor", params, {&one_minus_beta2_t});
   TORCH_CHECK(grads.size() == n, "adafactor: expected one grad per param");
+  TORCH_CHECK(step_scalars, "adafactor: no step scalars callback");
   TORCH_CHECK(coefficients, "adafactor: no coefficients callback");
   const Amp amp = read_amp(grad_scale, found_inf);
   if (amp.skip) return;
+  StepCounters counters(state_steps, n, "adafactor");  // the step protocol (fused_apply.h)
 
   // Checks and memory: each operand contiguous (a copy written back if the tensor is not).
   std::vector<Param> ps(n);
@@ -661,10 +662,16 @@ void adafactor(const TensorList& params, const TensorList& grads, const TensorLi
     }
     x.numel = p.numel();
     x.is_double = p.scalar_type() == at::kDouble;
-    x.weight = PerTensor(one_minus_beta2_t)[i];
+    counters.read(i);
   }
   TORCH_CHECK(n_matrices == row_vars.size() && n_matrices == col_vars.size() && n_vectors == variances.size(),
               "adafactor: expected a row_var and col_var per param of 2 or more dims, a variance per other param");
+  if (n == 0) return;
+  // step scalars: one_minus_beta2_t (the callback also keeps the step values for `coefficients`)
+  const std::vector<Scalars> weights = step_scalars(counters.next());
+  TORCH_CHECK(weights.size() == 1, "adafactor: expected 1 column of step scalars, got ", weights.size());
+  check_per_tensor("adafactor", params, {&weights[0]});
+  for (size_t i = 0; i < n; ++i) ps[i].weight = PerTensor(weights[0])[i];
 
   // The work: items of about kChunk elements, param by param, and the waves.
   Step step(ps, eps1, decay_factor, weight_decay != 0, maximize, amp);
@@ -737,6 +744,8 @@ void adafactor(const TensorList& params, const TensorList& grads, const TensorLi
   }
   // written through raw pointers: record the in-place updates as torch's ops would
   for (c10::TensorImpl* t : bump) t->bump_version();
+  for (size_t i = 0; i < n; ++i) counters.commit(i);
+  counters.commit_others();
 }
 
 }  // namespace optimlab

@@ -31,12 +31,12 @@ struct AdagradOp {
 }  // namespace
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
-             const Scalars& clr, double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
-             const OptTensor& found_inf) {
-  check_per_tensor("adagrad", params, {&clr});
-  const AdagradOp op{clr, weight_decay, eps, maximize};
-  fused_apply("adagrad", op, {{&params, true}, {&grads, false}, {&state_sums, true}},
-              read_amp(grad_scale, found_inf));
+             const TensorList& state_steps, const StepScalars& step_scalars, double weight_decay, double eps,
+             bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
+  // step scalars: clr
+  fused_step("adagrad", {{&params, true}, {&grads, false}, {&state_sums, true}}, state_steps, step_scalars, 1,
+             read_amp(grad_scale, found_inf),
+             [&](const std::vector<Scalars>& s) { return AdagradOp{s[0], weight_decay, eps, maximize}; });
 }
 
 }  // namespace optimlab

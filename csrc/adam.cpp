@@ -45,19 +45,19 @@ struct AdamOp {
 }  // namespace
 
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs,
-          const std::vector<double>& step_size, const std::vector<double>& bc2_sqrt, double lerp_weight,
-          double beta2, double one_minus_beta2, double eps, double weight_decay, double decay_factor,
-          bool decoupled, bool amsgrad, bool maximize, const std::optional<at::Tensor>& grad_scale,
-          const std::optional<at::Tensor>& found_inf) {
-  check_per_tensor("adam", params, {&step_size, &bc2_sqrt});
+          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& state_steps,
+          const StepScalars& step_scalars, double lerp_weight, double beta2, double one_minus_beta2,
+          double eps, double weight_decay, double decay_factor, bool decoupled, bool amsgrad, bool maximize,
+          const OptTensor& grad_scale, const OptTensor& found_inf) {
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(), "adam: amsgrad needs max_exp_avg_sqs");
-  const AdamOp op{step_size, bc2_sqrt, lerp_weight, beta2, one_minus_beta2, eps, weight_decay, decay_factor,
-                  decoupled, amsgrad, maximize};
-  fused_apply("adam", op,
-              {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_avg_sqs, true},
-               {amsgrad ? &max_exp_avg_sqs : nullptr, true}},
-              read_amp(grad_scale, found_inf));
+  // step scalars: step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t)
+  fused_step("adam",
+             {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_avg_sqs, true},
+              {amsgrad ? &max_exp_avg_sqs : nullptr, true}},
+             state_steps, step_scalars, 2, read_amp(grad_scale, found_inf), [&](const std::vector<Scalars>& s) {
+               return AdamOp{s[0], s[1], lerp_weight, beta2, one_minus_beta2, eps, weight_decay, decay_factor,
+                             decoupled, amsgrad, maximize};
+             });
 }
 
 }  // namespace optimlab

@@ -35,13 +35,14 @@ struct AdamaxOp {
 }  // namespace
 
 void adamax(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-            const TensorList& exp_infs, const Scalars& step_size, double lerp_weight, double beta2,
-            double eps, double weight_decay, bool maximize, const OptTensor& grad_scale,
-            const OptTensor& found_inf) {
-  check_per_tensor("adamax", params, {&step_size});
-  const AdamaxOp op{step_size, lerp_weight, beta2, eps, weight_decay, maximize};
-  fused_apply("adamax", op, {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_infs, true}},
-              read_amp(grad_scale, found_inf));
+            const TensorList& exp_infs, const TensorList& state_steps, const StepScalars& step_scalars,
+            double lerp_weight, double beta2, double eps, double weight_decay, bool maximize,
+            const OptTensor& grad_scale, const OptTensor& found_inf) {
+  // step scalars: step_size
+  fused_step("adamax", {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_infs, true}}, state_steps,
+             step_scalars, 1, read_amp(grad_scale, found_inf), [&](const std::vector<Scalars>& s) {
+               return AdamaxOp{s[0], lerp_weight, beta2, eps, weight_decay, maximize};
+             });
 }
 
 }  // namespace optimlab

@@ -39,12 +39,14 @@ struct AsgdOp {
 
 }  // namespace
 
-void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const Scalars& eta,
-          const Scalars& mu, double lambd, double weight_decay, bool maximize, const OptTensor& grad_scale,
-          const OptTensor& found_inf) {
+void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const TensorList& state_steps,
+          const StepScalars& step_scalars, const Scalars& eta, const Scalars& mu, double lambd,
+          double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
   check_per_tensor("asgd", params, {&eta, &mu});
   const AsgdOp op{eta, mu, lambd, weight_decay, maximize};
-  fused_apply("asgd", op, {{&params, true}, {&grads, false}, {&axs, true}}, read_amp(grad_scale, found_inf));
+  // (eta and mu are the state's, read before the step; the callback computes the next ones)
+  fused_step("asgd", op, {{&params, true}, {&grads, false}, {&axs, true}}, state_steps,
+             read_amp(grad_scale, found_inf), step_scalars);
 }
 
 }  // namespace optimlab

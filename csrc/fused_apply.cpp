@@ -7,6 +7,47 @@
 
 namespace optimlab {
 
+StepCounters::StepCounters(const TensorList& steps, size_t n, const char* name)
+    : steps_(&steps), name_(name), counters_(n) {
+  TORCH_CHECK(steps.size() == n, name, ": expected one step counter per tensor (", n, "), got ", steps.size());
+}
+
+void StepCounters::read(size_t i) {
+  const at::Tensor& s = (*steps_)[i];
+  TORCH_CHECK(s.defined() && s.numel() == 1, name_, ": the step counter of tensor ", i,
+              " is not a 1-element tensor");
+  Counter& c = counters_[i];
+  const at::ScalarType st = s.scalar_type();
+  if (s.device().is_cpu() && s.layout() == at::kStrided && (st == at::kFloat || st == at::kDouble)) {
+    c.data = s.data_ptr();
+    c.is_double = st == at::kDouble;
+    // what `step += 1` computes in the counter's dtype
+    c.next = c.is_double ? *static_cast<const double*>(c.data) + 1.0
+                         : static_cast<double>(*static_cast<const float*>(c.data) + 1.0f);
+  } else {  // (rare) through torch; written by commit_others
+    c.next = s.add(1).item().toDouble();
+  }
+  if (!s.is_inference()) c.impl = s.unsafeGetTensorImpl();
+}
+
+Scalars StepCounters::next() const {
+  if (counters_.empty()) return {};
+  const double first = counters_[0].next;
+  bool same = true;
+  for (const Counter& c : counters_) same = same && c.next == first;
+  if (same) return Scalars(1, first);
+  Scalars out;
+  out.reserve(counters_.size());
+  for (const Counter& c : counters_) out.push_back(c.next);
+  return out;
+}
+
+void StepCounters::commit_others() const {
+  for (size_t i = 0; i < counters_.size(); ++i) {
+    if (counters_[i].data == nullptr) (*steps_)[i].fill_(counters_[i].next);
+  }
+}
+
 Amp read_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
   Amp amp;
   if (found_inf.has_value() && found_inf->defined()) {
@@ -41,7 +82,7 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* name) {
+Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* name, const TensorList* steps) {
   TORCH_CHECK(!ops.empty() && ops.size() <= static_cast<size_t>(kMaxOperands), name, ": bad operand count");
   const TensorList& params = *ops[0].tensors;
   const size_t n = params.size();
@@ -58,6 +99,7 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
   pr.numel.resize(n);
   pr.is_double.resize(n);
   pr.bump.assign(n * kMaxOperands, nullptr);
+  if (steps != nullptr) pr.counters = StepCounters(*steps, n, name);
   std::mutex copies;  // guards copy_back/keep_alive (tensors of mixed layouts: rare)
   auto prepare_one = [&](size_t i) {
     const at::Tensor& p = params[i];
@@ -104,12 +146,14 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
     }
     pr.data[i] = data;
     pr.dtype[i] = dtype;
+    if (steps != nullptr) pr.counters.read(i);
   };
   auto prepare_range = [&](int64_t first, int64_t last) {
     for (int64_t i = first; i < last; ++i) {
       for (const Operand& op : ops) {
         if (op.tensors != nullptr && !op.tensors->empty()) prefetch_ahead(*op.tensors, i);
       }
+      if (steps != nullptr) prefetch_ahead(*steps, i, /*data=*/true);
       prepare_one(static_cast<size_t>(i));
     }
   };
@@ -125,10 +169,11 @@ Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* na
 
 void finish(Prepared& pr) {
   for (auto& [original, copy] : pr.copy_back) original.copy_(copy);
-  // (the others' versions advanced with their first chunk: bump_versions)
+  // (the others were committed with their first chunk)
   for (size_t i = 0; i < pr.numel.size(); ++i) {
-    if (pr.numel[i] == 0) bump_versions(pr, static_cast<int64_t>(i));
+    if (pr.numel[i] == 0) commit(pr, static_cast<int64_t>(i));
   }
+  if (!pr.counters.empty()) pr.counters.commit_others();
   pr.copy_back.clear();
   pr.bump.clear();
   pr.keep_alive.clear();

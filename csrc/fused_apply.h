@@ -18,7 +18,16 @@
 //     small on-stack buffer, so the math is always in T and rounded once;
 //   * implements torch's fused AMP contract: nothing at all happens when
 //     found_inf != 0; otherwise grads are divided by grad_scale, written back
-//     unscaled (as torch's _fused_adam_ does), and the update uses them.
+//     unscaled (as torch's _fused_adam_ does), and the update uses them;
+//   * with fused_step, advances the params' step counters (the step protocol below).
+//
+// The step protocol (fused_step), for the algorithms with step counters: the driver reads
+// each param's counter while it checks the operands, hands the next step values (counter + 1,
+// as the counter's dtype rounds it; one value when all are equal) to the host's callback,
+// which returns the step-dependent scalars (the algorithm's shared Python scalar function),
+// runs the update, and writes counter + 1 with each tensor's update. Nothing is written
+// before every operand was accepted and the callback returned, and nothing at all when
+// found_inf != 0: a refused or skipped step changes nothing, and nothing is taken back.
 #pragma once
 
 #include <ATen/Config.h>
@@ -30,6 +39,7 @@
 #include <c10/util/Half.h>
 
 #include <array>
+#include <functional>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -38,7 +48,30 @@
 
 namespace optimlab {
 
-using TensorList = std::vector<at::Tensor>;
+// The tensors of one list argument, borrowed from the caller: no reference counts are taken
+// (the Python binding's caster, bindings.cpp, holds the list's items for the call; thousands
+// of at::Tensor copies cost more than the update of small tensors). Index it like a vector.
+class TensorList {
+ public:
+  TensorList() = default;
+  explicit TensorList(const std::vector<at::Tensor>& tensors) {  // (tensors must outlive it)
+    items_.reserve(tensors.size());
+    for (const at::Tensor& t : tensors) items_.push_back(&t);
+  }
+  void reserve(size_t n) { items_.reserve(n); }
+  void push_back(const at::Tensor* t) { items_.push_back(t); }
+  size_t size() const { return items_.size(); }
+  bool empty() const { return items_.empty(); }
+  const at::Tensor& operator[](size_t i) const { return *items_[i]; }
+
+ private:
+  std::vector<const at::Tensor*> items_;
+};
+
+using Scalars = std::vector<double>;
+// The host's step-scalars callback (the step protocol above): the next step values (one per
+// tensor, or one for all) -> columns of per-tensor scalars (each one per tensor, or one for all).
+using StepScalars = std::function<std::vector<Scalars>(const Scalars& next_steps)>;
 
 constexpr int kMaxOperands = 6;
 constexpr int64_t kBlock = 256;              // elements converted per block (bf16/fp16/mixed)
@@ -63,8 +96,10 @@ Amp read_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at
 // A loop over thousands of small tensors is bound by cache misses on each one's TensorImpl
 // and StorageImpl (perf: half of prepare()'s time on the first load of each). Called at
 // tensor i, this prefetches the objects of the tensors a few places ahead, overlapping them.
-inline void prefetch_ahead(const TensorList& tensors, size_t i) {
-  constexpr size_t kImplAhead = 8, kStorageAhead = 4;
+// With `data`, also the first line of the data of the tensor two places ahead (0-dim step
+// counters: their value is read next to their objects).
+inline void prefetch_ahead(const TensorList& tensors, size_t i, bool data = false) {
+  constexpr size_t kImplAhead = 8, kStorageAhead = 4, kDataAhead = 2;
   auto lines = [](const void* p, int n) {
     for (int l = 0; l < n; ++l) __builtin_prefetch(static_cast<const char*>(p) + 64 * l);
   };
@@ -73,12 +108,52 @@ inline void prefetch_ahead(const TensorList& tensors, size_t i) {
     const at::Tensor& t = tensors[i + kStorageAhead];  // (its TensorImpl was prefetched before)
     if (t.has_storage()) lines(t.storage().unsafeGetStorageImpl(), 2);
   }
+  if (data && i + kDataAhead < tensors.size()) {
+    const at::Tensor& t = tensors[i + kDataAhead];  // (its StorageImpl was prefetched before)
+    if (t.has_storage() && t.storage().data() != nullptr) lines(t.storage().data(), 1);
+  }
 }
+
+// The params' step counters in the step protocol (see the header comment): each is read
+// (checked, its next value computed) while the operands are checked, and advanced to counter + 1
+// when its tensor is updated. Empty when default-constructed (a kernel without counters).
+class StepCounters {
+ public:
+  StepCounters() = default;
+  StepCounters(const TensorList& steps, size_t n, const char* name);  // one counter per tensor
+  bool empty() const { return steps_ == nullptr; }
+  void read(size_t i);   // (tensor i's counter; threads may read different i at once)
+  Scalars next() const;  // the next step values for the host: one value when all agree (usual)
+  // counter i := counter + 1, for a CPU float/double counter (the usual case)
+  void commit(size_t i) const {
+    const Counter& c = counters_[i];
+    if (c.data == nullptr) return;
+    if (c.is_double) {
+      *static_cast<double*>(c.data) = c.next;
+    } else {
+      *static_cast<float*>(c.data) = static_cast<float>(c.next);
+    }
+    if (c.impl != nullptr) c.impl->bump_version();
+  }
+  void commit_others() const;  // the other counters, through torch (rare: another dtype or device)
+
+ private:
+  struct Counter {
+    void* data = nullptr;             // a CPU float/double counter's value (nullptr: commit_others)
+    c10::TensorImpl* impl = nullptr;  // whose version advances when data is written (nullptr: none)
+    bool is_double = false;
+    double next = 0;                  // counter + 1, as the counter's dtype rounds it
+  };
+  const TensorList* steps_ = nullptr;
+  const char* name_ = "";
+  std::vector<Counter> counters_;
+};
 
 namespace detail {
 
 struct Prepared {
   int n_ops = 0;
+  StepCounters counters;  // (fused_step; empty for fused_apply)
   std::vector<std::array<void*, kMaxOperands>> data;
   std::vector<std::array<at::ScalarType, kMaxOperands>> dtype;
   std::vector<int64_t> numel;
@@ -91,8 +166,10 @@ struct Prepared {
   std::array<bool, kMaxOperands> written{};
 };
 
-// Validates the operands and resolves each tensor's memory (see the header comment).
-Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* name);
+// Validates the operands, resolves each tensor's memory (see the header comment) and reads
+// the step counters `steps` (optional: one 1-element tensor per param).
+Prepared prepare(const std::vector<Operand>& ops, const Amp& amp, const char* name,
+                 const TensorList* steps = nullptr);
 
 void finish(Prepared& prepared);
 
@@ -104,6 +181,13 @@ inline void bump_versions(const Prepared& pr, int64_t i) {
   for (int k = 0; k < kMaxOperands; ++k) {
     if (c10::TensorImpl* t = pr.bump[i * kMaxOperands + k]) t->bump_version();
   }
+}
+
+// Tensor i is (being) updated: its written operands' versions advance, and its step counter
+// becomes counter + 1 (StepCounters::commit; finish() commits the others).
+inline void commit(const Prepared& pr, int64_t i) {
+  bump_versions(pr, i);
+  if (!pr.counters.empty()) pr.counters.commit(static_cast<size_t>(i));
 }
 
 template <class T>
@@ -268,13 +352,9 @@ void run_items(int64_t n_items, int64_t total, const Run& run) {
 #endif
 }
 
-}  // namespace detail
-
-// Runs `op` over every tensor of the operand lists (see the header comment).
+// Runs `op` over every tensor of a prepared step, then finishes it (commit, copies back).
 template <class Op>
-void fused_apply(const char* name, const Op& op, const std::vector<Operand>& ops, const Amp& amp) {
-  if (amp.skip) return;
-  detail::Prepared pr = detail::prepare(ops, amp, name);
+void run_prepared(const Op& op, Prepared& pr, const Amp& amp) {
   struct Item {
     int64_t tensor, begin, end;
   };
@@ -289,15 +369,58 @@ void fused_apply(const char* name, const Op& op, const std::vector<Operand>& ops
     for (int64_t it = first; it < last; ++it) {
       const Item& item = items[it];
       if (pr.is_double[item.tensor]) {
-        detail::run_range<double>(op, pr, amp, item.tensor, item.begin, item.end);
+        run_range<double>(op, pr, amp, item.tensor, item.begin, item.end);
       } else {
-        detail::run_range<float>(op, pr, amp, item.tensor, item.begin, item.end);
+        run_range<float>(op, pr, amp, item.tensor, item.begin, item.end);
       }
-      if (item.begin == 0) detail::bump_versions(pr, item.tensor);
+      if (item.begin == 0) commit(pr, item.tensor);
     }
   };
-  detail::run_items(static_cast<int64_t>(items.size()), total, run);
-  detail::finish(pr);
+  run_items(static_cast<int64_t>(items.size()), total, run);
+  finish(pr);
+}
+
+}  // namespace detail
+
+// The step protocol (see the header comment): `steps` holds one step counter per param;
+// `scalars` (the host's callback; may be empty when `n_columns` is 0) returns `n_columns`
+// columns of step-dependent scalars, and `make_op(columns)` builds the kernel from them.
+template <class MakeOp>
+void fused_step(const char* name, const std::vector<Operand>& ops, const TensorList& steps,
+                const StepScalars& scalars, size_t n_columns, const Amp& amp, const MakeOp& make_op) {
+  if (amp.skip) return;
+  detail::Prepared pr = detail::prepare(ops, amp, name, &steps);
+  const size_t n = pr.numel.size();
+  std::vector<Scalars> columns(n_columns, Scalars(1, 0.0));
+  if (scalars && n > 0) {
+    columns = scalars(pr.counters.next());
+    TORCH_CHECK(columns.size() == n_columns, name, ": expected ", n_columns, " columns of step scalars, got ",
+                columns.size());
+    for (const Scalars& c : columns) {
+      TORCH_CHECK(c.size() == n || c.size() == 1, name, ": expected one step scalar per tensor (", n,
+                  ") or one for all, got ", c.size());
+    }
+  } else {
+    TORCH_CHECK(n_columns == 0 || n == 0, name, ": no step scalars callback");
+  }
+  const std::vector<Scalars>& cols = columns;
+  detail::run_prepared(make_op(cols), pr, amp);
+}
+
+// The step protocol for a kernel that takes no step scalars: the counters advance (`scalars`,
+// if given, returns no columns: it sees the next step values).
+template <class Op>
+void fused_step(const char* name, const Op& op, const std::vector<Operand>& ops, const TensorList& steps,
+                const Amp& amp, const StepScalars& scalars = StepScalars()) {
+  fused_step(name, ops, steps, scalars, 0, amp, [&](const std::vector<Scalars>&) -> const Op& { return op; });
+}
+
+// Runs `op` over every tensor of the operand lists (see the header comment): no step counters.
+template <class Op>
+void fused_apply(const char* name, const Op& op, const std::vector<Operand>& ops, const Amp& amp) {
+  if (amp.skip) return;
+  detail::Prepared pr = detail::prepare(ops, amp, name);
+  detail::run_prepared(op, pr, amp);
 }
 
 }  // namespace optimlab

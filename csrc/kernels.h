@@ -1,9 +1,10 @@
 // Entry points of optimlab's fused CPU kernels (bound to Python in bindings.cpp).
 //
-// Each takes the tensor lists of one param group (params, grads, state...), the
-// per-tensor scalars computed on the host by the algorithm's shared Python scalar
-// function (step sizes, bias corrections), the group's hyperparameters as
-// doubles, and torch's fused AMP arguments (grad_scale, found_inf).
+// Each takes the tensor lists of one param group (params, grads, state..., the step
+// counters), the host's callback for the step-dependent scalars (step sizes, bias
+// corrections: the algorithm's shared Python scalar function; fused_apply.h's step
+// protocol), the group's hyperparameters as doubles, and torch's fused AMP arguments
+// (grad_scale, found_inf).
 #pragma once
 
 #include <functional>
@@ -15,7 +16,6 @@
 
 namespace optimlab {
 
-using Scalars = std::vector<double>;
 using OptTensor = std::optional<at::Tensor>;
 
 // Host scalars (step sizes, bias corrections) come one per tensor, or as a single value
@@ -39,9 +39,13 @@ class PerTensor {
   const Scalars& values_;
 };
 
+// Step scalars (columns the callback returns), per kernel: adam: step_size, bc2_sqrt;
+// adagrad: clr; adamax: step_size; nadam: bias_correction2, grad_step, exp_avg_step; radam:
+// bias_correction1, bc2_sqrt, rect; asgd: none (eta and mu are the state's; its callback
+// computes the next ones); adadelta, rmsprop, rprop: no callback.
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const Scalars& step_size,
-          const Scalars& bc2_sqrt, double lerp_weight, double beta2, double one_minus_beta2, double eps,
+          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& state_steps,
+          const StepScalars& step_scalars, double lerp_weight, double beta2, double one_minus_beta2, double eps,
           double weight_decay, double decay_factor, bool decoupled, bool amsgrad, bool maximize,
           const OptTensor& grad_scale, const OptTensor& found_inf);
 
@@ -51,42 +55,43 @@ void sgd(const TensorList& params, const TensorList& grads, const TensorList& mo
          const OptTensor& found_inf);
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
-             const Scalars& clr, double weight_decay, double eps, bool maximize, const OptTensor& grad_scale,
-             const OptTensor& found_inf);
+             const TensorList& state_steps, const StepScalars& step_scalars, double weight_decay, double eps,
+             bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void adadelta(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-              const TensorList& acc_deltas, double lr, double rho, double eps, double weight_decay,
-              bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+              const TensorList& acc_deltas, const TensorList& state_steps, double lr, double rho, double eps,
+              double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void adamax(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-            const TensorList& exp_infs, const Scalars& step_size, double lerp_weight, double beta2,
-            double eps, double weight_decay, bool maximize, const OptTensor& grad_scale,
-            const OptTensor& found_inf);
+            const TensorList& exp_infs, const TensorList& state_steps, const StepScalars& step_scalars,
+            double lerp_weight, double beta2, double eps, double weight_decay, bool maximize,
+            const OptTensor& grad_scale, const OptTensor& found_inf);
 
-void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const Scalars& eta,
-          const Scalars& mu, double lambd, double weight_decay, bool maximize, const OptTensor& grad_scale,
-          const OptTensor& found_inf);
+void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const TensorList& state_steps,
+          const StepScalars& step_scalars, const Scalars& eta, const Scalars& mu, double lambd,
+          double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void nadam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-           const TensorList& exp_avg_sqs, const Scalars& bias_correction2, const Scalars& grad_step,
-           const Scalars& exp_avg_step, double lerp_weight, double beta2, double one_minus_beta2,
-           double eps, double weight_decay, double decay_factor, bool decoupled, bool maximize,
-           const OptTensor& grad_scale, const OptTensor& found_inf);
+           const TensorList& exp_avg_sqs, const TensorList& state_steps, const StepScalars& step_scalars,
+           double lerp_weight, double beta2, double one_minus_beta2, double eps, double weight_decay,
+           double decay_factor, bool decoupled, bool maximize, const OptTensor& grad_scale,
+           const OptTensor& found_inf);
 
 void radam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-           const TensorList& exp_avg_sqs, const Scalars& bias_correction1, const Scalars& bc2_sqrt,
-           const Scalars& rect, double lr, double lerp_weight, double beta2, double one_minus_beta2,
-           double eps, double weight_decay, double decay_factor, bool decoupled, bool maximize,
-           const OptTensor& grad_scale, const OptTensor& found_inf);
+           const TensorList& exp_avg_sqs, const TensorList& state_steps, const StepScalars& step_scalars,
+           double lr, double lerp_weight, double beta2, double one_minus_beta2, double eps, double weight_decay,
+           double decay_factor, bool decoupled, bool maximize, const OptTensor& grad_scale,
+           const OptTensor& found_inf);
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-             const TensorList& momentum_buffers, const TensorList& grad_avgs, double lr, double alpha,
-             double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             const OptTensor& grad_scale, const OptTensor& found_inf);
+             const TensorList& momentum_buffers, const TensorList& grad_avgs, const TensorList& state_steps,
+             double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+             bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void rprop(const TensorList& params, const TensorList& grads, const TensorList& prevs,
-           const TensorList& step_sizes, double etaminus, double etaplus, double step_size_min,
-           double step_size_max, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+           const TensorList& step_sizes, const TensorList& state_steps, double etaminus, double etaplus,
+           double step_size_min, double step_size_max, bool maximize, const OptTensor& grad_scale,
+           const OptTensor& found_inf);
 
 // Adafactor's call back to the host between its passes (csrc/adafactor.cpp), once per wave of
 // params first, first + 1, ...: from the norm of each param (before weight decay) and of its
@@ -96,10 +101,11 @@ using AdafactorCoefficients =
     std::function<Scalars(int64_t first, const Scalars& param_norms, const Scalars& update_norms)>;
 
 // row_vars, col_vars: one per param of 2+ dims, in order; variances: one per other param.
+// Step scalars: one_minus_beta2_t.
 void adafactor(const TensorList& params, const TensorList& grads, const TensorList& row_vars,
-               const TensorList& col_vars, const TensorList& variances, const Scalars& one_minus_beta2_t,
-               double eps1, double weight_decay, double decay_factor, bool maximize,
-               const AdafactorCoefficients& coefficients, const OptTensor& grad_scale,
+               const TensorList& col_vars, const TensorList& variances, const TensorList& state_steps,
+               const StepScalars& step_scalars, double eps1, double weight_decay, double decay_factor,
+               bool maximize, const AdafactorCoefficients& coefficients, const OptTensor& grad_scale,
                const OptTensor& found_inf);
 
 // The low-precision write-back (optimlab/low_precision.py, csrc/low_precision.cpp): float32

@@ -41,15 +41,16 @@ struct NadamOp {
 }  // namespace
 
 void nadam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-           const TensorList& exp_avg_sqs, const Scalars& bias_correction2, const Scalars& grad_step,
-           const Scalars& exp_avg_step, double lerp_weight, double beta2, double one_minus_beta2,
-           double eps, double weight_decay, double decay_factor, bool decoupled, bool maximize,
-           const OptTensor& grad_scale, const OptTensor& found_inf) {
-  check_per_tensor("nadam", params, {&bias_correction2, &grad_step, &exp_avg_step});
-  const NadamOp op{bias_correction2, grad_step, exp_avg_step, lerp_weight, beta2, one_minus_beta2, eps,
-                   weight_decay, decay_factor, decoupled, maximize};
-  fused_apply("nadam", op, {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_avg_sqs, true}},
-              read_amp(grad_scale, found_inf));
+           const TensorList& exp_avg_sqs, const TensorList& state_steps, const StepScalars& step_scalars,
+           double lerp_weight, double beta2, double one_minus_beta2, double eps, double weight_decay,
+           double decay_factor, bool decoupled, bool maximize, const OptTensor& grad_scale,
+           const OptTensor& found_inf) {
+  // step scalars: bias_correction2, grad_step, exp_avg_step
+  fused_step("nadam", {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_avg_sqs, true}}, state_steps,
+             step_scalars, 3, read_amp(grad_scale, found_inf), [&](const std::vector<Scalars>& s) {
+               return NadamOp{s[0], s[1], s[2], lerp_weight, beta2, one_minus_beta2, eps, weight_decay,
+                              decay_factor, decoupled, maximize};
+             });
 }
 
 }  // namespace optimlab

@@ -44,15 +44,16 @@ struct RadamOp {
 }  // namespace
 
 void radam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-           const TensorList& exp_avg_sqs, const Scalars& bias_correction1, const Scalars& bc2_sqrt,
-           const Scalars& rect, double lr, double lerp_weight, double beta2, double one_minus_beta2,
-           double eps, double weight_decay, double decay_factor, bool decoupled, bool maximize,
-           const OptTensor& grad_scale, const OptTensor& found_inf) {
-  check_per_tensor("radam", params, {&bias_correction1, &bc2_sqrt, &rect});
-  const RadamOp op{bias_correction1, bc2_sqrt, rect, lr, lerp_weight, beta2, one_minus_beta2, eps,
-                   weight_decay, decay_factor, decoupled, maximize};
-  fused_apply("radam", op, {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_avg_sqs, true}},
-              read_amp(grad_scale, found_inf));
+           const TensorList& exp_avg_sqs, const TensorList& state_steps, const StepScalars& step_scalars,
+           double lr, double lerp_weight, double beta2, double one_minus_beta2, double eps, double weight_decay,
+           double decay_factor, bool decoupled, bool maximize, const OptTensor& grad_scale,
+           const OptTensor& found_inf) {
+  // step scalars: bias_correction1, bc2_sqrt, rect
+  fused_step("radam", {{&params, true}, {&grads, false}, {&exp_avgs, true}, {&exp_avg_sqs, true}}, state_steps,
+             step_scalars, 3, read_amp(grad_scale, found_inf), [&](const std::vector<Scalars>& s) {
+               return RadamOp{s[0], s[1], s[2], lr, lerp_weight, beta2, one_minus_beta2, eps, weight_decay,
+                              decay_factor, decoupled, maximize};
+             });
 }
 
 }  // namespace optimlab

@@ -48,20 +48,20 @@ struct RmspropOp {
 }  // namespace
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-             const TensorList& momentum_buffers, const TensorList& grad_avgs, double lr, double alpha,
-             double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             const OptTensor& grad_scale, const OptTensor& found_inf) {
+             const TensorList& momentum_buffers, const TensorList& grad_avgs, const TensorList& state_steps,
+             double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+             bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
   const bool use_momentum = momentum > 0;
   TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "rmsprop: momentum needs buffers");
   TORCH_CHECK(!centered || grad_avgs.size() == params.size(), "rmsprop: centered needs grad_avgs");
   const RmspropOp op{lr, alpha, eps, weight_decay, momentum, centered, maximize};
-  fused_apply("rmsprop", op,
-              {{&params, true},
-               {&grads, false},
-               {&square_avgs, true},
-               {use_momentum ? &momentum_buffers : nullptr, true},
-               {centered ? &grad_avgs : nullptr, true}},
-              read_amp(grad_scale, found_inf));
+  fused_step("rmsprop", op,
+             {{&params, true},
+              {&grads, false},
+              {&square_avgs, true},
+              {use_momentum ? &momentum_buffers : nullptr, true},
+              {centered ? &grad_avgs : nullptr, true}},
+             state_steps, read_amp(grad_scale, found_inf));
 }
 
 }  // namespace optimlab

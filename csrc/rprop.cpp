@@ -37,11 +37,12 @@ struct RpropOp {
 }  // namespace
 
 void rprop(const TensorList& params, const TensorList& grads, const TensorList& prevs,
-           const TensorList& step_sizes, double etaminus, double etaplus, double step_size_min,
-           double step_size_max, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
+           const TensorList& step_sizes, const TensorList& state_steps, double etaminus, double etaplus,
+           double step_size_min, double step_size_max, bool maximize, const OptTensor& grad_scale,
+           const OptTensor& found_inf) {
   const RpropOp op{etaminus, etaplus, step_size_min, step_size_max, maximize};
-  fused_apply("rprop", op, {{&params, true}, {&grads, false}, {&prevs, true}, {&step_sizes, true}},
-              read_amp(grad_scale, found_inf));
+  fused_step("rprop", op, {{&params, true}, {&grads, false}, {&prevs, true}, {&step_sizes, true}}, state_steps,
+             read_amp(grad_scale, found_inf));
 }
 
 }  // namespace optimlab

@@ -221,7 +221,7 @@ def test_asgd_average_written_at_any_alignment(dtype):
         p, g = _randn(n, dtype=dtype), _randn(n, dtype=dtype, seed=1)
         ax = torch.full((n + offset,), float("nan"), dtype=dtype)[offset:]
         expected = p * (1 - 0.1 * 0.01) - 0.01 * g
-        ext.asgd([p], [g], [ax], [0.01], [1.0], 0.1, 0.0, False, None, None)
+        ext.asgd([p], [g], [ax], [torch.zeros(())], None, [0.01], [1.0], 0.1, 0.0, False, None, None)
         torch.testing.assert_close(p, expected, **TOL[dtype])
         assert torch.equal(ax, p), offset
 
@@ -473,21 +473,89 @@ def test_unsupported_dtype_is_refused_before_anything_changes(named):
     assert torch.equal(good.detach(), before) and len(opt.state) == 0
 
 
-@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adamax", "NAdam", "ASGD"])
+STEPPED = ["Adam", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop",
+           "Adafactor"]  # the cpp algorithms with step counters
+
+
+@pytest.mark.parametrize("name", STEPPED)
 def test_kernel_refusal_leaves_state_untouched(name):
-    """State of the wrong shape (a bad checkpoint): the kernel refuses it, and the step
-    counters it had already advanced are taken back."""
+    """State of the wrong shape (a bad checkpoint): the kernel refuses it before it writes
+    anything, step counters included (the step protocol: their versions do not move either,
+    nothing is advanced and taken back)."""
     p = torch.nn.Parameter(_randn(6))
     opt = getattr(optimlab, name)([p], lr=0.1)
     p.grad = torch.ones_like(p)
     opt.step()
     key = next(k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.dim() == 1)
     opt.state[p][key] = torch.zeros(5, dtype=p.dtype)  # wrong shape
-    before = snapshot_state(opt, p)
+    before, versions = snapshot_state(opt, p), _versions(opt, p)
     with pytest.raises(RuntimeError, match="has shape"):
         opt.step()
     after = snapshot_state(opt, p)
     assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert _versions(opt, p) == versions
+
+
+@pytest.mark.parametrize("name", STEPPED)
+def test_skipped_step_leaves_counters_untouched(name, monkeypatch):
+    """found_inf != 0 (GradScaler saw an inf): nothing changes, not the step counters, not
+    their versions (torch's fused contract; nothing is advanced and then taken back)."""
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "cpp")
+    p = torch.nn.Parameter(_randn(6))
+    opt = getattr(optimlab, name)([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    before, versions = snapshot_state(opt, p), _versions(opt, p)
+    opt.grad_scale, opt.found_inf = torch.tensor(2.0), torch.tensor(1.0)
+    opt.step()
+    after = snapshot_state(opt, p)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert _versions(opt, p) == versions
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    assert opt.state[p]["step"].item() == 2 and opt.state[p]["step"]._version > versions["step"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+@pytest.mark.parametrize("name", STEPPED)
+def test_step_counters_of_other_dtypes(name, dtype):
+    """Counters of another dtype (a checkpoint's int64 steps, float64 ones) advance as the
+    for-loop's ``step += 1`` does and give its scalars; one param's counter differs."""
+    params = [_randn(4, 3), _randn(5, seed=1)]
+    results = []
+    for backend in ("cpp", "forloop"):
+        ps = _clone_params(params)
+        opt = getattr(optimlab, name)(ps, lr=0.1, **({} if backend == "cpp" else dict(foreach=False)))
+        for step in range(4):
+            for i, p in enumerate(ps):
+                p.grad = _grad_for(p, step, i)
+            if step == 1:  # as a checkpoint may hold them
+                for i, p in enumerate(ps):
+                    opt.state[p]["step"] = opt.state[p]["step"].to(dtype) + i
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("OPTIMLAB_BACKEND", backend)
+                opt.step()
+        results.append((ps, opt))
+    _assert_same(*results)
+    ours, ref = results
+    for a, b in zip(ours[0], ref[0]):
+        sa, sb = ours[1].state[a]["step"], ref[1].state[b]["step"]
+        assert sa.dtype == sb.dtype == dtype and sa.item() == sb.item()
+
+
+def test_step_counter_not_one_element_is_refused():
+    p = torch.nn.Parameter(_randn(6))
+    opt = optimlab.Adam([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    opt.state[p]["step"] = torch.zeros(2)
+    before = snapshot_state(opt, p)
+    with pytest.raises(RuntimeError, match="step counter of tensor 0 is not a 1-element tensor"):
+        opt.step()
+    after = snapshot_state(opt, p)
     for k in before:
         assert torch.equal(before[k], after[k]), k
 
@@ -495,6 +563,12 @@ def test_kernel_refusal_leaves_state_untouched(name):
 def snapshot_state(opt, p):
     out = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
     out["param"] = p.detach().clone()
+    return out
+
+
+def _versions(opt, p):
+    out = {k: v._version for k, v in opt.state[p].items() if torch.is_tensor(v)}
+    out["param"] = p._version
     return out
 
 

@@ -12,8 +12,13 @@ Each kernel is a torch operator, ``torch.ops.optimlab.<algorithm>_`` (defined in
 ``ops.py``). This module holds both sides of it: the updates registered with the
 dispatcher (``_adam_cpp``, ...: the fallbacks, then the group's tensors and
 hyperparameters handed to the operator; what ``torch.compile`` traces and ``make_fx``
-records) and the operators' CPU implementations (``_adam_impl``, ...: step counters,
-host scalars, the C++ call; what runs when the step or the compiled graph runs).
+records) and the operators' CPU implementations (``_adam_impl``, ...: the C++ call with
+the host scalars; what runs when the step or the compiled graph runs).
+
+Step counters follow one protocol (``csrc/fused_apply.h``): the kernel reads them while it
+checks its operands, calls back here with the next step values for the step-dependent
+scalars (``_step_scalars``), and writes ``step + 1`` with the update. A step the kernel
+refuses, or one ``found_inf`` skips, changes nothing, so nothing is ever taken back.
 
 Building and loading the extension (on first use, then cached) and the backend's
 availability are ``cpp_build.py``'s part.
@@ -21,7 +26,6 @@ availability are ``cpp_build.py``'s part.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import operator
 
@@ -171,37 +175,11 @@ def _per_step(fn, values):
     return out
 
 
-@contextlib.contextmanager
-def _increment_undone_on_error(ext, steps):
-    """Take ``step += 1`` back if the kernel raises. A kernel refuses its input before writing
-    anything (csrc/fused_apply.cpp prepare()), e.g. state of the wrong shape from a bad
-    checkpoint, so the failed step then leaves the state as it was."""
-    try:
-        yield
-    except Exception:
-        ext.add_to_scalars(steps, -1.0)
-        raise
-
-
-class _stepping:
-    """``with _stepping(ext, state_steps, found_inf) as steps``: ``step += 1`` for each
-    counter, ``steps`` its new values (as ``_get_value`` reads them); the increment is taken
-    back if the kernel raises (see _increment_undone_on_error), and, torch's fused contract,
-    after a step skipped by ``found_inf``. (A class: cheaper than a generator context.)"""
-
-    __slots__ = ("ext", "state_steps", "found_inf")
-
-    def __init__(self, ext, state_steps, found_inf):
-        self.ext, self.state_steps, self.found_inf = ext, state_steps, found_inf
-
-    def __enter__(self) -> list[float]:
-        return self.ext.add_to_scalars(self.state_steps, 1.0)
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        skipped = 1.0 if exc_type is not None else _skipped(self.found_inf)
-        if skipped:
-            self.ext.add_to_scalars(self.state_steps, -skipped)
-        return False
+def _step_scalars(fn):
+    """A kernel's step-scalars callback (the step protocol, see the module doc): the next step
+    values (one per tensor, or one for all) -> the columns of ``fn(step)``, a tuple of host
+    numbers, one column per number (each one per tensor, or one for all)."""
+    return lambda steps: list(zip(*_per_step(fn, steps)))
 
 
 # ---- the updates: from a param group to one operator call -------------------------------------
@@ -318,9 +296,9 @@ def _rprop_cpp(group, params, grads, state):
 
 # ---- the operators' CPU implementations: host scalars, then the C++ kernels ----------------------
 # Run eagerly, with real tensors (plain eager steps call them directly, see ops.call; compiled
-# graphs and make_fx replays through the operator): step counters are advanced and read here,
-# and every step-dependent scalar comes from the algorithm's shared scalar function, called
-# with exactly the arguments the for-loop passes (a Tensor lr computes as a Tensor).
+# graphs and make_fx replays through the operator): the kernels advance the step counters and
+# call back for every step-dependent scalar, which comes from the algorithm's shared scalar
+# function, called with exactly the arguments the for-loop passes (a Tensor lr computes as a Tensor).
 @ops.cpu_impl("adam")
 def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
                weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale=None,
@@ -329,18 +307,16 @@ def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
 
     ext = load()
     lr, beta1, beta2, wd = _to_scalar(lr), _to_scalar(beta1), _to_scalar(beta2), weight_decay
-    with _stepping(ext, state_steps, found_inf) as steps:
-        scalars = _per_step(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))), steps)
-        for idx in _by_dtype(params, lr, beta1, beta2, wd):
-            ref = params[idx[0]]
-            ext.adam(
-                _pick(params, idx), _pick(grads, idx), _pick(exp_avgs, idx), _pick(exp_avg_sqs, idx),
-                _pick(max_exp_avg_sqs, idx) if amsgrad else [],
-                *(_pick(list(column), idx) for column in zip(*scalars)),
-                _value(1 - _like(beta1, ref)), _value(_like(beta2, ref)), _value(1 - _like(beta2, ref)),
-                float(eps), _value(wd), _value(1 - lr * wd),
-                bool(decoupled_weight_decay), bool(amsgrad), bool(maximize), grad_scale, found_inf,
-            )
+    scalars = _step_scalars(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))))
+    for idx in _by_dtype(params, lr, beta1, beta2, wd):
+        ref = params[idx[0]]
+        ext.adam(
+            _pick(params, idx), _pick(grads, idx), _pick(exp_avgs, idx), _pick(exp_avg_sqs, idx),
+            _pick(max_exp_avg_sqs, idx) if amsgrad else [], _pick(state_steps, idx), scalars,
+            _value(1 - _like(beta1, ref)), _value(_like(beta2, ref)), _value(1 - _like(beta2, ref)),
+            float(eps), _value(wd), _value(1 - lr * wd),
+            bool(decoupled_weight_decay), bool(amsgrad), bool(maximize), grad_scale, found_inf,
+        )
 
 
 @ops.cpu_impl("sgd")
@@ -365,23 +341,20 @@ def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_d
 
     ext = load()
     lr = _to_scalar(lr)
-    with _stepping(ext, state_steps, found_inf) as steps:
-        clr = _per_step(lambda s: _value(adagrad_clr(lr, lr_decay, s)), steps)
-        ext.adagrad(
-            *_real(params, grads, state_sums), clr,
-            _value(weight_decay), float(eps), bool(maximize), grad_scale, found_inf,
-        )
+    ext.adagrad(
+        *_real(params, grads, state_sums), state_steps,
+        _step_scalars(lambda s: (_value(adagrad_clr(lr, lr_decay, s)),)),
+        _value(weight_decay), float(eps), bool(maximize), grad_scale, found_inf,
+    )
 
 
 @ops.cpu_impl("adadelta")
 def _adadelta_impl(params, grads, square_avgs, acc_deltas, state_steps, lr, rho, eps, weight_decay,
                    maximize, grad_scale=None, found_inf=None):
-    ext = load()
-    with _stepping(ext, state_steps, found_inf):
-        ext.adadelta(
-            params, grads, square_avgs, acc_deltas, _value(_to_scalar(lr)), _value(rho), float(eps),
-            _value(weight_decay), bool(maximize), grad_scale, found_inf,
-        )
+    load().adadelta(
+        params, grads, square_avgs, acc_deltas, state_steps, _value(_to_scalar(lr)), _value(rho),
+        float(eps), _value(weight_decay), bool(maximize), grad_scale, found_inf,
+    )
 
 
 @ops.cpu_impl("adamax")
@@ -391,12 +364,12 @@ def _adamax_impl(params, grads, exp_avgs, exp_infs, state_steps, lr, beta1, beta
 
     ext = load()
     lr = _to_scalar(lr)
-    with _stepping(ext, state_steps, found_inf) as steps:
-        step_size = _per_step(lambda s: _value(lr / adamax_bias_correction(beta1, s)), steps)
-        ext.adamax(
-            params, grads, exp_avgs, exp_infs, step_size, _value(1 - beta1), _value(beta2),
-            float(eps), _value(weight_decay), bool(maximize), grad_scale, found_inf,
-        )
+    ext.adamax(
+        params, grads, exp_avgs, exp_infs, state_steps,
+        _step_scalars(lambda s: (_value(lr / adamax_bias_correction(beta1, s)),)),
+        _value(1 - beta1), _value(beta2), float(eps), _value(weight_decay), bool(maximize),
+        grad_scale, found_inf,
+    )
 
 
 @ops.cpu_impl("asgd")
@@ -408,19 +381,21 @@ def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0,
     if _skipped(found_inf):
         return
     lr = _to_scalar(lr)
-    steps = ext.add_to_scalars(state_steps, 1.0)
-    eta = ext.read_scalars(etas)
-    mu = ext.read_scalars(mus)
-    with _increment_undone_on_error(ext, state_steps):
-        ext.asgd(
-            params, grads, axs, eta, mu, _value(lambd), _value(weight_decay), bool(maximize),
-            grad_scale, found_inf,
-        )
-    # the next step's eta and mu as the for-loop stores them: rounded to the default dtype
-    # (torch.as_tensor) also when the state is float64 (after load_state_dict, float64 params)
-    new = _per_step(lambda s: tuple(map(_value, asgd_next(lr, lambd, alpha, t0, s))), steps)
-    ext.write_scalars(etas, [eta for eta, _ in new])
-    ext.write_scalars(mus, [mu for _, mu in new])
+    new: list[tuple] = []  # the next step's (eta, mu), stored after the kernel's step
+
+    def next_eta_mu(steps):  # (the kernel takes the state's eta and mu; no step scalars)
+        # as the for-loop stores them: rounded to the default dtype (torch.as_tensor) also
+        # when the state is float64 (after load_state_dict, float64 params)
+        new.extend(_per_step(lambda s: tuple(map(_value, asgd_next(lr, lambd, alpha, t0, s))), steps))
+        return []
+
+    ext.asgd(
+        params, grads, axs, state_steps, next_eta_mu, ext.read_scalars(etas), ext.read_scalars(mus),
+        _value(lambd), _value(weight_decay), bool(maximize), grad_scale, found_inf,
+    )
+    if new:  # (the kernel stepped)
+        ext.write_scalars(etas, [eta for eta, _ in new])
+        ext.write_scalars(mus, [mu for _, mu in new])
 
 
 @ops.cpu_impl("nadam")
@@ -433,27 +408,37 @@ def _nadam_impl(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, 
     if _skipped(found_inf):
         return  # mu_product advances with the step: a skipped step changes nothing
     lr, wd = _to_scalar(lr), weight_decay
-    steps = ext.add_to_scalars(state_steps, 1.0)
-    # nadam_scalars advances mu_product in place; run it once per distinct (step, product) on
-    # a scratch copy with the state's dtype, then store the advanced value in every product.
-    cache: dict[tuple, tuple] = {}
-    scalars, new_products = [], []
-    for s, mp, key_value in zip(steps, mu_products, ext.read_scalars(mu_products)):
-        key = (s, key_value, mp.dtype)
-        if key not in cache:
-            scratch = mp.detach().clone()
-            out = nadam_scalars(lr, beta1, beta2, momentum_decay, s, scratch)
-            cache[key] = (tuple(map(_value, out)), float(scratch.item()))
-        scalars.append(cache[key][0])
-        new_products.append(cache[key][1])
-    with _increment_undone_on_error(ext, state_steps):
-        ext.nadam(
-            params, grads, exp_avgs, exp_avg_sqs, [x[0] for x in scalars],
-            [x[1] for x in scalars], [x[2] for x in scalars], _value(1 - beta1), _value(beta2),
-            _value(1 - beta2), float(eps), _value(wd), _value(1 - lr * wd),
-            bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
-        )
-    ext.write_scalars(mu_products, new_products)  # after the kernel: a refused step changes nothing
+    products = ext.read_scalars(mu_products)
+    new_products: list[float] = []  # stored after the kernel's step
+
+    def scalars(steps):
+        # nadam_scalars advances mu_product in place; run it once per distinct (step, product,
+        # dtype) on a scratch copy with the state's dtype, and store the advanced value in
+        # every product. (Usually one: every param at the same step with the same product.)
+        keys = list(zip(steps * len(products) if len(steps) == 1 else steps, products,
+                        map(_DTYPE, mu_products)))
+        if keys and keys.count(keys[0]) == len(keys):
+            keys, owners = keys[:1], mu_products[:1]
+        else:
+            owners = mu_products
+        cache: dict[tuple, tuple] = {}
+        out = []
+        for key, mp in zip(keys, owners):
+            if key not in cache:
+                scratch = mp.detach().clone()
+                values = nadam_scalars(lr, beta1, beta2, momentum_decay, key[0], scratch)
+                cache[key] = (tuple(map(_value, values)), float(scratch.item()))
+            out.append(cache[key][0])
+            new_products.append(cache[key][1])
+        return list(zip(*out))
+
+    ext.nadam(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, scalars, _value(1 - beta1), _value(beta2),
+        _value(1 - beta2), float(eps), _value(wd), _value(1 - lr * wd),
+        bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
+    )
+    if new_products:  # (the kernel stepped)
+        ext.write_scalars(mu_products, new_products)
 
 
 @ops.cpu_impl("radam")
@@ -463,38 +448,32 @@ def _radam_impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, be
 
     ext = load()
     lr, wd = _to_scalar(lr), weight_decay
-    with _stepping(ext, state_steps, found_inf) as steps:
-        scalars = _per_step(lambda s: tuple(map(_value, radam_scalars(lr, beta1, beta2, s)[:3])), steps)
-        ext.radam(
-            params, grads, exp_avgs, exp_avg_sqs, [x[0] for x in scalars],
-            [x[1] for x in scalars], [x[2] for x in scalars], _value(lr), _value(1 - beta1),
-            _value(beta2), _value(1 - beta2), float(eps), _value(wd), _value(1 - lr * wd),
-            bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
-        )
+    ext.radam(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps,
+        _step_scalars(lambda s: tuple(map(_value, radam_scalars(lr, beta1, beta2, s)[:3]))),
+        _value(lr), _value(1 - beta1), _value(beta2), _value(1 - beta2), float(eps), _value(wd),
+        _value(1 - lr * wd), bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
+    )
 
 
 @ops.cpu_impl("rmsprop")
 def _rmsprop_impl(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
                   weight_decay, momentum, centered, maximize, grad_scale=None, found_inf=None):
-    ext = load()
     momentum, centered = _value(momentum), bool(centered)
-    with _stepping(ext, state_steps, found_inf):
-        ext.rmsprop(
-            params, grads, square_avgs, momentum_buffers if momentum > 0 else [],
-            grad_avgs if centered else [], _value(_to_scalar(lr)), _value(alpha), float(eps),
-            _value(weight_decay), momentum, centered, bool(maximize), grad_scale, found_inf,
-        )
+    load().rmsprop(
+        params, grads, square_avgs, momentum_buffers if momentum > 0 else [],
+        grad_avgs if centered else [], state_steps, _value(_to_scalar(lr)), _value(alpha), float(eps),
+        _value(weight_decay), momentum, centered, bool(maximize), grad_scale, found_inf,
+    )
 
 
 @ops.cpu_impl("rprop")
 def _rprop_impl(params, grads, prevs, step_sizes, state_steps, etaminus, etaplus, step_size_min,
                 step_size_max, maximize, grad_scale=None, found_inf=None):
-    ext = load()
-    with _stepping(ext, state_steps, found_inf):
-        ext.rprop(
-            params, grads, prevs, step_sizes, _value(etaminus), _value(etaplus), _value(step_size_min),
-            _value(step_size_max), bool(maximize), grad_scale, found_inf,
-        )
+    load().rprop(
+        params, grads, prevs, step_sizes, state_steps, _value(etaminus), _value(etaplus),
+        _value(step_size_min), _value(step_size_max), bool(maximize), grad_scale, found_inf,
+    )
 
 
 from . import cpu_adafactor  # noqa: E402,F401  Adafactor's update and operator (uses the helpers above)

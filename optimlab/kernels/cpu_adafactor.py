@@ -14,7 +14,7 @@ from torch import Tensor
 from ..adafactor import _eps1, beta2_weight, clip_from_norm, step_size
 from ..optimizer import _to_scalar
 from . import ops
-from .cpu import _cpp_update, _increment_undone_on_error, _per_step, _skipped, _value, load
+from .cpu import _cpp_update, _per_step, _skipped, _value, load
 
 __all__: list[str] = []
 
@@ -36,21 +36,23 @@ def _adafactor_impl(params, grads, row_vars, col_vars, variances, state_steps, l
     if _skipped(found_inf):
         return  # nothing changes, not even a step counter
     lr = _to_scalar(lr)
-    steps = ext.add_to_scalars(state_steps, 1.0)
     numels = [p.numel() for p in params]
-    with _increment_undone_on_error(ext, state_steps):
+    steps: list[float] = []  # each param's next step value (the kernel's step protocol, cpu.py)
+
+    def beta2_weights(next_steps):
+        steps.extend(next_steps * len(params) if len(next_steps) == 1 else next_steps)
         for s, n in zip(steps, numels):
             if n == 0:  # torch's for-loop divides by zero: refuse before anything changes
                 step_size(lr, eps2, s, 0.0, n)
+        return [_per_step(lambda s: _value(beta2_weight(beta2_decay, s)), next_steps)]
 
-        def coefficients(first, param_norms, update_norms):  # params first, first + 1, ...
-            out = [-step_size(lr, eps2, s, pn, n) / clip_from_norm(un, n, d)
-                   for s, pn, un, n in zip(steps[first:], param_norms, update_norms, numels[first:])]
-            return list(map(_value, out)) if isinstance(lr, Tensor) else out  # (a Tensor lr: Tensors)
+    def coefficients(first, param_norms, update_norms):  # params first, first + 1, ...
+        out = [-step_size(lr, eps2, s, pn, n) / clip_from_norm(un, n, d)
+               for s, pn, un, n in zip(steps[first:], param_norms, update_norms, numels[first:])]
+        return list(map(_value, out)) if isinstance(lr, Tensor) else out  # (a Tensor lr: Tensors)
 
-        ext.adafactor(
-            params, grads, row_vars, col_vars, variances,
-            _per_step(lambda s: _value(beta2_weight(beta2_decay, s)), steps), float(eps1),
-            _value(weight_decay), _value(1 - lr * weight_decay), bool(maximize), coefficients,
-            grad_scale, found_inf,
-        )
+    ext.adafactor(
+        params, grads, row_vars, col_vars, variances, state_steps, beta2_weights, float(eps1),
+        _value(weight_decay), _value(1 - lr * weight_decay), bool(maximize), coefficients,
+        grad_scale, found_inf,
+    )
