@@ -98,8 +98,9 @@ def _fused_update(update, group, params, grads, states, grad_scale, found_inf, e
                   untraced=False):
     # An update marked ``traceable`` (cpp: one torch.library operator call per group,
     # optimlab/kernels/ops.py) runs inside the compiled region: under torch.compile its
-    # operator is in the graph. Any other fused update (triton: kernel launches dynamo does
-    # not trace) runs behind torch.compiler.disable: a graph break, the kernel runs eagerly.
+    # operator is in the graph (triton: optimlab::triton_<algorithm>_, kernels/triton/_ops.py).
+    # Any other fused update (triton's SparseAdam: sparse grads, a Python int step) runs
+    # behind torch.compiler.disable: a graph break, the kernel runs eagerly.
     if not untraced and not getattr(update, "traceable", False):
         _fused_update_untraced(update, group, params, grads, states, grad_scale, found_inf,
                                elementwise, True)
@@ -135,6 +136,13 @@ _GRAD = operator.attrgetter("grad")
 _IS_SPARSE = operator.attrgetter("is_sparse")
 _DTYPE = operator.attrgetter("dtype")
 _COMPLEX_DTYPES = frozenset({torch.complex32, torch.complex64, torch.complex128})
+
+
+# Optimizer._plan's read of the params and Optimizer._gather's state lookup in C++
+# (csrc/bindings.cpp plan_scan, state_columns), set when the cpp extension is loaded
+# (kernels/cpp_build.py); None before that, or without the extension.
+plan_scan: Callable | None = None
+state_columns: Callable | None = None
 
 
 class _Plan(NamedTuple):
@@ -287,6 +295,12 @@ class Optimizer(torch.optim.Optimizer):
             params = [p for p in candidates if p.grad is not None]
             grads = [p.grad for p in params]
             dtypes = None
+        elif (plan_scan is not None and type(candidates) is list
+              and not torch._C._is_torch_function_mode_enabled()
+              and (scan := plan_scan(candidates)) is not None):
+            # one C++ pass (plain Tensor/Parameter params; kernels/cpp_build.py installs it
+            # with the cpp extension): what the passes below read
+            params, grads, dtypes, any_sparse = scan
         else:  # per-param passes as map() of C-level callables: they run on every step
             grads = list(map(_GRAD, candidates))
             if any(map(operator.is_, grads, itertools.repeat(None))):
@@ -296,6 +310,7 @@ class Optimizer(torch.optim.Optimizer):
                 params = list(candidates)
             # the group's param dtypes, read once for the backend check and complex views
             dtypes = frozenset(map(_DTYPE, params))
+            any_sparse = None
         # (torch.optim.Optimizer.__setstate__ adds "differentiable" to every optimizer's
         # defaults, not to the groups; our updates read it with .get)
         missing = next((k for k in self.defaults if k not in group and k != "differentiable"), None)
@@ -303,8 +318,11 @@ class Optimizer(torch.optim.Optimizer):
             where = next((i for i, g in enumerate(self.param_groups) if g is group), "?")
             raise KeyError(f"param group {where} has no {missing!r} "
                            f"(a state_dict of another optimizer loaded into {type(self).__name__}?)")
-        if self.sparse_grad_error is not None and (
-                any(g.is_sparse for g in grads) if compiling else any(map(_IS_SPARSE, grads))):
+        if compiling:
+            any_sparse = any(g.is_sparse for g in grads)
+        elif any_sparse is None and self.sparse_grad_error is not None:
+            any_sparse = any(map(_IS_SPARSE, grads))
+        if self.sparse_grad_error is not None and any_sparse:
             raise RuntimeError(self.sparse_grad_error)
         if group.get("fused") and params:
             self._check_fused(params)
@@ -375,19 +393,28 @@ class Optimizer(torch.optim.Optimizer):
         params, grads and state as real views). Raises, before any update, for state a
         checkpoint of another optimizer left incomplete. ``grads`` are the params' grads
         as the plan read them; ``dtypes``, the params' dtypes (None: not read yet)."""
-        if torch.compiler.is_compiling():
+        keys = self._state_keys(group)
+        states = None
+        compiling = torch.compiler.is_compiling()
+        if not compiling and state_columns is not None and isinstance(self.state, dict):
+            # every param's state, key by key, in one C++ pass (kernels/cpp_build.py installs it
+            # with the cpp extension): None when some param has no state yet
+            columns = state_columns(self.state, params, keys)
+            if columns is not None:
+                states = dict(zip(keys, columns))
+        if states is not None:
+            pass
+        elif compiling:
             self._init_group(group)  # dynamo runs it eagerly: see _init_group
             per_param = [self.state.get(p) for p in params]
         else:  # (dict.get via map: the tensor hash is the only Python-level call per param)
             per_param = list(map(self.state.get, params))
-        if not all(per_param):  # a param without state yet (dict truthiness: C-level)
+        if states is None and not all(per_param):  # a param without state yet (C-level truthiness)
             per_param = [s or self._new_state(group, p) for s, p in zip(per_param, params)]
         owners, grads = list(params), list(grads)
         # (map with C-level callables: these run per param on every step; Tensor.is_complex()
         # is also several times cheaper than torch.is_complex, no __torch_function__ dispatch)
-        keys = self._state_keys(group)
-        states = None
-        if not torch.compiler.is_compiling():
+        if states is None and not compiling:
             try:  # one C-level pass per key (3x cheaper than one pass for all keys, then zip(*...))
                 states = {k: list(map(operator.itemgetter(k), per_param)) for k in keys}
             except KeyError:  # an entry is missing: the per-key pass below says which
@@ -411,7 +438,8 @@ class Optimizer(torch.optim.Optimizer):
                 raise KeyError(
                     f"{type(self).__name__}: {_dispatch.param_name(group, i)} has state without "
                     f"{k!r} (a state_dict of another optimizer loaded?)")
-        passed = {k: list(v) for k, v in states.items()}
+        # the entries as handed over, for state an update may create or replace (see _apply)
+        passed = {k: list(v) for k, v in states.items() if k in self.lazy_state or k in self.rebound_state}
         return _Work(group, choice, params, grads, owners, states, passed, is_complex)
 
     def _apply(self, w: _Work) -> None:

@@ -12,8 +12,9 @@
   traces to a single graph, and the compiled step gives the eager numbers (the operator
   computes its step-dependent scalars from the step counters when it runs). More in
   tests/test_fused_ops.py (every optimizer, compile counts against torch.optim's).
-* triton: fused updates run under ``torch.compiler.disable``: a documented graph break
-  (the kernel runs eagerly); the compiled step still gives the eager numbers.
+* triton: likewise each update is an operator (``optimlab::triton_<algorithm>_``,
+  optimlab/kernels/triton/_ops.py; SparseAdam's excepted, a documented graph break); on
+  CPU tensors its kernels run in Triton's interpreter. More in tests/test_triton_ops.py.
 
 Params are float64 and have no 0-dim tensor: torch 2.13's compiled SGD with momentum
 mis-updates 0-dim params (torch.optim's own SGD too; see docs/support-matrix.md).
@@ -160,8 +161,7 @@ def _fused_cases():
 
 
 # fused backend -> why a compiled step is not one graph (still correct: the test above)
-FUSED_GRAPH_BREAKS = {
-    "triton": "kernel launches run behind torch.compiler.disable (optimizer._fused_update)",
+FUSED_GRAPH_BREAKS = {  # backend -> why its compiled step breaks the graph (none now)
 }
 
 
@@ -196,4 +196,5 @@ def test_fused_step_is_one_graph(spec, backend, monkeypatch):
     assert explanation.graph_break_count == 0, [str(b.reason)[:300] for b in explanation.break_reasons]
     assert explanation.graph_count == 1
     graphs = [str(n.target) for g in explanation.graphs for n in g.graph.nodes]
-    assert f"optimlab.{spec.ours_cls.algorithm}_.default" in graphs
+    prefix = "triton_" if backend == "triton" else ""  # (the triton ops: optimlab::triton_<alg>_)
+    assert f"optimlab.{prefix}{spec.ours_cls.algorithm}_.default" in graphs

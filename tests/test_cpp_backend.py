@@ -9,6 +9,7 @@ selection, AMP (grad_scale/found_inf, GradScaler) and the no-compiler path.
 
 from __future__ import annotations
 
+import collections
 import warnings
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 import optimlab
 import optimlab.kernels.cpu as cpu  # registers the cpp backend
-from optimlab import _dispatch
+from optimlab import _dispatch, optimizer
 from optimlab.kernels import cpp_build
 
 # name -> list of constructor kwargs covering the options of each algorithm
@@ -348,6 +349,8 @@ def no_compiler(monkeypatch, tmp_path):
     """The real availability path on a machine without a compiler (nothing built yet, not
     at install time either)."""
     monkeypatch.setattr(cpp_build, "_PREBUILT", tmp_path / "prebuilt")
+    for hook in ("plan_scan", "state_columns"):  # (restored after the test)
+        monkeypatch.setattr(optimizer, hook, getattr(optimizer, hook))
     monkeypatch.setattr(cpp_build, "_module", None)
     monkeypatch.setattr(cpp_build, "_checked", False)
     monkeypatch.setattr(cpp_build, "_unavailable_reason", None)
@@ -589,3 +592,56 @@ def test_moments_bitwise_equal_to_torch_forloop(name, kwargs, keys, dtype):
     (ours, o), (ref, r) = _cpp_and_torch_forloop(name, kwargs, dtype)
     for key in keys:
         assert torch.equal(o.state[ours][key], r.state[ref][key]), key
+
+
+# ---- the step's state lookup in C++ (csrc/bindings.cpp state_columns) ------------------------------
+class _OwnHash(torch.nn.Parameter):
+    """A param type with its own __hash__ (not torch.Tensor's id(p))."""
+
+    def __hash__(self):
+        return id(self) + 1
+
+
+def test_state_columns_reads_what_the_python_lookup_reads():
+    cpu.load()
+    assert optimizer.state_columns is not None  # installed with the extension
+    ps = [torch.nn.Parameter(torch.ones(2)) for _ in range(3)] + [_OwnHash(torch.ones(2))]
+    state = collections.defaultdict(dict)
+    for i, p in enumerate(ps):
+        state[p] = {"a": i, "b": torch.tensor(float(i))} if i != 1 else {"a": i}
+    cols = optimizer.state_columns(state, ps, ("a", "b"))
+    assert cols[0] == [0, 1, 2, 3] and cols[1][1] is None
+    assert [c is state[p].get("b") for c, p in zip(cols[1], ps)] == [True] * 4
+    assert optimizer.state_columns(state, ps + [torch.nn.Parameter(torch.ones(1))], ("a",)) is None  # no state
+    state[ps[2]] = {}
+    assert optimizer.state_columns(state, ps, ("a",)) is None  # empty state: created by the caller
+    state[ps[2]] = collections.OrderedDict(a=2)
+    assert optimizer.state_columns(state, ps, ("a",)) is None  # not a plain dict: the Python path
+
+
+def test_state_columns_step_matches_torch_with_own_hash_params():
+    cpu.load()
+    ps = [_OwnHash(_randn(5, seed=i)) for i in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ours, theirs = optimlab.Adam(ps, lr=0.1), torch.optim.Adam(ref, lr=0.1)
+    for _ in range(3):
+        for a, b in zip(ps, ref):
+            a.grad = torch.ones_like(a)
+            b.grad = torch.ones_like(b)
+        ours.step()
+        theirs.step()
+    for a, b in zip(ps, ref):
+        torch.testing.assert_close(a.detach(), b.detach())
+
+
+def test_plan_scan_reads_what_the_python_passes_read():
+    cpu.load()
+    assert optimizer.plan_scan is not None  # installed with the extension
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.ones(3, dtype=torch.float64, requires_grad=True)
+    c = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    a.grad, c.grad = torch.ones(2), torch.ones(2, dtype=torch.bfloat16).to_sparse()
+    params, grads, dtypes, any_sparse = optimizer.plan_scan([a, b, c])
+    assert params == [a, c] and grads[0] is a.grad and grads[1] is c.grad
+    assert dtypes == frozenset({torch.float32, torch.bfloat16}) and any_sparse is True
+    assert optimizer.plan_scan([a, _OwnHash(torch.ones(1))]) is None  # a subclass: the Python path
+    assert optimizer.plan_scan([]) == ([], [], frozenset(), False)

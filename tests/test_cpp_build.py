@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 from torch.utils import cpp_extension
 
+from optimlab import optimizer
 from optimlab.kernels import cpp_build
 
 TOP = "AVX512"  # the instruction set the tests' "CPU" runs: three candidates to try
@@ -31,6 +32,8 @@ def fresh(monkeypatch, tmp_path):
     """A process that has not loaded the extension, with a compiler and an empty cache."""
     monkeypatch.setenv("OPTIMLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cpp_build, "_PREBUILT", tmp_path / "prebuilt")  # no install-time build
+    for hook in ("plan_scan", "state_columns"):  # (restored after the test)
+        monkeypatch.setattr(optimizer, hook, getattr(optimizer, hook))
     monkeypatch.delenv("OPTIMLAB_BUILD_LOCK_TIMEOUT", raising=False)
     for name, value in (("_module", None), ("_checked", False), ("_unavailable_reason", None),
                         ("_announced", False)):

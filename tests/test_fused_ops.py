@@ -85,12 +85,13 @@ def _close(got, want, dtype, what):
 
 
 # ---- (a) make_fx --------------------------------------------------------------------------
-@pytest.mark.parametrize("name", CASES)
-def test_make_fx_graph_holds_the_operator_and_replays(name):
-    cls = getattr(optimlab, name)
-    params, ref_params = _params(), _params()
-    opt, ref = cls(params, **CASES[name]), cls(ref_params, **CASES[name])
-    assert {c.name for c in opt.backends()} == {"cpp"}
+def check_make_fx_replays(cls, kwargs, params, ref_params, backend, target, close):
+    """A ``make_fx`` graph of a step of ``cls(params, **kwargs)`` (running ``backend``) calls
+    exactly the operator ``target``, and replayed twice on copies of the optimizer's tensors gives
+    what two eager steps of ``cls(ref_params)`` give: ``close(got, want, what)`` for params and
+    state. (Also used by tests/test_triton_ops.py.)"""
+    opt, ref = cls(params, **kwargs), cls(ref_params, **kwargs)
+    assert {c.name for c in opt.backends()} == {backend}
     for o, ps in ((opt, params), (ref, ref_params)):  # state exists (eager first step)
         for p, g in zip(ps, _grads(ps, 1)):
             p.grad = g
@@ -106,7 +107,7 @@ def test_make_fx_graph_holds_the_operator_and_replays(name):
 
     gm = make_fx(step)(params, grads, state)
     ops = [str(n.target) for n in gm.graph.nodes if str(n.target).startswith("optimlab.")]
-    assert ops == [f"{_op_name(name)}.default"], gm.code
+    assert ops == [f"{target}.default"], gm.code
 
     n = len(params)
     fresh = [t.clone() for t in before]
@@ -116,31 +117,41 @@ def test_make_fx_graph_holds_the_operator_and_replays(name):
         ref.step()
         with torch.no_grad():
             gm(fresh[:n], [g.clone() for g in grads], fresh[n:])
-        _close(fresh[:n], [p.detach() for p in ref_params], torch.float64, f"step {k}, param")
-        _close(fresh[n:], _state_tensors(ref, ref_params), torch.float64, f"step {k}, state")
+        close(fresh[:n], [p.detach() for p in ref_params], f"step {k}, param")
+        close(fresh[n:], _state_tensors(ref, ref_params), f"step {k}, state")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_make_fx_graph_holds_the_operator_and_replays(name):
+    check_make_fx_replays(getattr(optimlab, name), CASES[name], _params(), _params(), "cpp", _op_name(name),
+                          lambda got, want, what: _close(got, want, torch.float64, what))
 
 
 # ---- (b) torch.compile(opt.step) in a training loop -----------------------------------------
-def _train(cls, kwargs, dtype, compile_backend=None, steps=STEPS):
-    """``steps`` training steps (zero_grad, forward, backward, step); with a compile
-    backend, ``opt.step`` is compiled. Returns (params per step, compiles, graph breaks)."""
+def train_steps(cls, kwargs, params, kind="dense", compile_backend=None, steps=STEPS):
+    """``steps`` training steps of ``cls(params, **kwargs)`` (zero_grad, forward on loss ``kind``,
+    backward, step); with a compile backend, ``opt.step`` is compiled. Returns (the optimizer,
+    params per step, compiles, graph breaks). (Also used by tests/test_triton_ops.py.)"""
     from torch._dynamo.testing import CompileCounterWithBackend
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    params = _params(dtype)
     opt = cls(params, **kwargs)
     counter = CompileCounterWithBackend(compile_backend) if compile_backend else None
     step = torch.compile(opt.step, backend=counter) if counter else opt.step
     history = []
     for _ in range(steps):
         opt.zero_grad()
-        loss_fn("dense", params).backward()
+        loss_fn(kind, params).backward()
         step()
         history.append([p.detach().clone() for p in params])
     breaks = sum(counters["graph_break"].values())
     return opt, history, (counter.frame_count if counter else 0), breaks
+
+
+def _train(cls, kwargs, dtype, compile_backend=None, steps=STEPS):
+    return train_steps(cls, kwargs, _params(dtype), "dense", compile_backend, steps)
 
 
 def _compiled_case(name, dtype, backend, kwargs=None, extra_compiles=0):
@@ -181,27 +192,34 @@ def test_compiled_step_tensor_hyperparameters():
     _compiled_case("Adam", torch.float64, "aot_eager", kwargs)
 
 
+def train_with_scheduler(cls, params, lr, compile_backend=None, steps=6):
+    """``steps`` training steps of ``cls(params, lr=lr, weight_decay=0.1)`` with a StepLR changing lr
+    every step; with a compile backend, ``opt.step`` is compiled. Returns (params, compiles).
+    (Also used by tests/test_triton_ops.py.)"""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    opt = cls(params, lr=lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    counter = CompileCounterWithBackend(compile_backend) if compile_backend else None
+    step = torch.compile(opt.step, backend=counter) if counter else opt.step
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn("dense", params).backward()
+        step()
+        sched.step()
+    return [p.detach() for p in params], (counter.frame_count if counter else 0)
+
+
 @pytest.mark.parametrize("lr", [0.01, torch.tensor(0.01)], ids=["float-lr", "tensor-lr"])
 def test_compiled_step_with_scheduler(lr):
     """A scheduler changing lr every step: the float reaches the operator through tensor
     arithmetic, so it becomes a graph input after one recompile, as in torch.optim's step
     (a float argument of the operator would be guarded on: a recompile per step); a Tensor
     lr is a graph input from the start."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
-    def run(cls, compile_backend=None, lr=lr):
-        torch._dynamo.reset()
-        params = _params()
-        opt = cls(params, lr=lr.clone() if isinstance(lr, torch.Tensor) else lr, weight_decay=0.1)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
-        counter = CompileCounterWithBackend(compile_backend) if compile_backend else None
-        step = torch.compile(opt.step, backend=counter) if counter else opt.step
-        for _ in range(6):
-            opt.zero_grad()
-            loss_fn("dense", params).backward()
-            step()
-            sched.step()
-        return [p.detach() for p in params], (counter.frame_count if counter else 0)
+    def run(cls, compile_backend=None):
+        return train_with_scheduler(cls, _params(), lr.clone() if isinstance(lr, torch.Tensor) else lr,
+                                    compile_backend)
 
     compiled, compiles = run(optimlab.Adam, "aot_eager")
     _, torch_compiles = run(torch.optim.Adam, "aot_eager")
@@ -243,19 +261,31 @@ def _before_second_step(key):
     """SAMPLES[key]'s optimizer and params after one step, with the second step's grads."""
     name, kwargs = SAMPLES[key]
     params = _params()
-    opt = getattr(optimlab, name)(params, **kwargs)
+    return one_step_then_grads(getattr(optimlab, name)(params, **kwargs), params), params
+
+
+def one_step_then_grads(opt, params):
+    """``opt`` after one step, with the second step's grads set. (Also used by
+    tests/test_triton_ops.py.)"""
     for k in (1, 2):
         for p, g in zip(params, _grads(params, k)):
             p.grad = g
         if k == 1:
             opt.step()
-    return opt, params
+    return opt
 
 
 def _sample(key, amp=False):
     """The operator and the arguments of the second step of SAMPLES[key], as the update
     passes them (recorded: under a dispatch mode the update calls the operator)."""
     opt, _ = _before_second_step(key)
+    return record_step(opt, amp)
+
+
+def record_step(opt, amp=False):
+    """The operator one ``opt.step()`` calls and its arguments (recorded: under a dispatch mode
+    the update calls the operator); with ``amp``, with a grad_scale and found_inf added.
+    (Also used by tests/test_triton_ops.py.)"""
     with _Recorder() as rec:
         opt.step()
     assert len(rec.calls) == 1, rec.calls
@@ -270,7 +300,8 @@ def test_every_kernel_is_an_operator():
     """One operator per algorithm kernel in csrc/bindings.cpp, each with a fake implementation."""
     ext = cpu.load()
     kernels = {n for n in dir(ext) if not n.startswith("_") and callable(getattr(ext, n))}
-    kernels -= {"add_to_scalars", "read_scalars", "write_scalars"}  # host helpers
+    kernels -= {"add_to_scalars", "read_scalars", "write_scalars",  # host helpers
+                "plan_scan", "state_columns"}  # (the base class's per-step passes: optimizer.py)
     # low precision's write-back kernel: called in plain eager code only (under tracing the
     # write-back runs as torch ops, which make_fx and dynamo record; optimlab/low_precision.py)
     kernels -= {"lp_write"}

@@ -11,7 +11,9 @@ from optimlab import _dispatch, selfcheck
 
 def test_quick_cpu_selfcheck_passes():
     # the command a user (and a lent GPU, with --device cuda) runs first
-    proc = subprocess.run([sys.executable, "-m", "optimlab.selfcheck", "--device", "cpu", "--quick"],
+    # (three optimizers that cover every CPU backend; tests/test_parity.py checks them all)
+    proc = subprocess.run([sys.executable, "-m", "optimlab.selfcheck", "--device", "cpu", "--quick",
+                           "--optimizers", "Adam,SGD,Adafactor"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]

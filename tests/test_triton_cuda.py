@@ -119,3 +119,56 @@ def test_low_precision_write_same_bits_on_cuda_and_cpu(mode):
     torch.cuda.synchronize()
     for a, b in ((cpu_p, ref_p), (gpu_p.cpu(), ref_p), (cpu_c, ref_c), (gpu_c.cpu(), ref_c)):
         assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "Adafactor", "Muon"])
+def test_compiled_step_holds_the_operator_on_cuda(name, monkeypatch):
+    """torch.compile(opt.step) with fused=True (Triton): the step is the CUDA
+    implementation of ``optimlab::triton_<algorithm>_`` inside the graph. Dynamo makes every
+    CUDA param group capturable on its first compiled step (as for torch.optim), so the
+    reference is the eager step with capturable=True (step scalars from float32 counters on
+    the device); the for-loop differs from it by those scalars only."""
+    from torch._dynamo.utils import counters
+
+    def train(compiled, **kw):
+        torch._dynamo.reset()
+        counters.clear()
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        shapes = [(64, 32), (32, 48)] if name == "Muon" else [(64, 32), (48,)]
+        ps = [torch.nn.Parameter(torch.randn(s, device="cuda", generator=gen)) for s in shapes]
+        opt = getattr(optimlab, name)(ps, lr=0.01, **kw)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for _ in range(5):
+            for p in ps:
+                p.grad = torch.randn(p.shape, device="cuda", generator=gen)
+            step()
+        return opt, [p.detach().clone() for p in ps]
+
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
+    capturable = {} if name in ("SGD", "Muon", "Adafactor") else {"capturable": True}
+    opt, compiled = train(True)
+    assert {c.name for c in opt.backends()} == {"triton"}
+    # (optimlab's base class: one graph break around the step, as torch.optim's)
+    assert sum(counters["graph_break"].values()) <= 1, dict(counters["graph_break"])
+    _, eager = train(False, **capturable)
+    for c, e in zip(compiled, eager):
+        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
+
+
+def test_make_fx_records_the_operator_on_cuda(monkeypatch):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setenv("OPTIMLAB_BACKEND", "triton")
+    ps = [torch.nn.Parameter(torch.randn(64, 32, device="cuda"))]
+    opt = optimlab.AdamW(ps, lr=0.01)
+    ps[0].grad = torch.randn_like(ps[0])
+    opt.step()
+
+    def step(params, grads):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+    gm = make_fx(step)(ps, [torch.randn_like(ps[0])])
+    called = [str(n.target) for n in gm.graph.nodes if str(n.target).startswith("optimlab.")]
+    assert called == ["optimlab.triton_adam_.default"], gm.code

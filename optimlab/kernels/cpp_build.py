@@ -310,9 +310,9 @@ def load(verbose: bool = False) -> ModuleType:
         if src is None:
             raise RuntimeError("optimlab's C++ sources (csrc/) were not found next to the package")
         cap = capability()
-        _module = _import_built(_module_name(cap), build_directory(cap, src, _PREBUILT))
-        if _module is not None:  # built by pip install for these sources, this torch and CPU
-            return _module
+        module = _import_built(_module_name(cap), build_directory(cap, src, _PREBUILT))
+        if module is not None:  # built by pip install for these sources, this torch and CPU
+            return _loaded(module)
         compiler = os.environ.get("CXX", "c++")
         if shutil.which(compiler) is None:
             raise RuntimeError(f"no C++ compiler found (looked for {compiler!r}; set CXX to one)")
@@ -324,8 +324,7 @@ def load(verbose: bool = False) -> ModuleType:
         for candidate in _candidates(cap):
             # (KeyboardInterrupt and SystemExit are no Exception: they stop the loop at once)
             try:
-                _module = _build(candidate, src, verbose)
-                return _module
+                return _loaded(_build(candidate, src, verbose))
             except Exception as e:  # noqa: BLE001 - reported as the reason
                 if _interrupted(e):
                     raise KeyboardInterrupt(f"building optimlab's C++ CPU kernels ({candidate})") from e
@@ -335,6 +334,17 @@ def load(verbose: bool = False) -> ModuleType:
             failed.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(failed, message)
         raise RuntimeError(_remembered(message, failed))
+
+
+def _loaded(module: ModuleType) -> ModuleType:
+    """Keep ``module`` as the process's extension, and give the optimizers' step its host helper."""
+    global _module
+    from .. import optimizer
+
+    _module = module
+    optimizer.plan_scan = getattr(module, "plan_scan", None)
+    optimizer.state_columns = getattr(module, "state_columns", None)
+    return module
 
 
 def _remembered(message: str, failed: Path) -> str:

@@ -20,6 +20,7 @@ import os
 import torch
 
 from ... import _dispatch
+from ..._compat import assume_constant_result, tracing
 
 __all__ = [
     "KernelCompileError",
@@ -33,6 +34,7 @@ class KernelCompileError(RuntimeError):
     """A Triton kernel failed to compile (raised before anything was updated)."""
 
 
+@assume_constant_result  # a process-wide fact (set before Triton is imported): no guard, no env read traced
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
@@ -75,7 +77,7 @@ def check_group(algorithm: str, group: dict, params, grads, sparse_ok: bool = Fa
         return
     device_type = "cpu" if interpreting() else "cuda"
     on_type = _IS_CPU if device_type == "cpu" else _IS_CUDA
-    if (
+    if not torch.compiler.is_compiling() and (  # (what dynamo traces: the loop below)
         all(map(on_type, params))
         and all(map(on_type, grads))
         and (device_type == "cpu"  # one CPU device; CUDA: each grad on its param's GPU
@@ -104,6 +106,12 @@ _IS_SPARSE = operator.attrgetter("is_sparse")
 _ACCEPTED = frozenset(_DTYPES + _COMPLEX)
 
 
+def _grads(params) -> list:
+    if torch.compiler.is_compiling():  # (dynamo graph-breaks on map of attrgetter)
+        return [p.grad for p in params]
+    return list(map(_GRAD, params))
+
+
 def _what_is_wrong(p, g, sparse_ok: bool, device_type: str) -> str | None:
     """What the triton backend cannot take about param ``p`` and its grad ``g`` (the end
     of a sentence that starts with the parameter's name), or None."""
@@ -130,23 +138,9 @@ def _what_is_wrong(p, g, sparse_ok: bool, device_type: str) -> str | None:
 
 
 # ---- registration ----------------------------------------------------------------------
-#: algorithm -> (kernel module, update function, sparse grads): "dense" refuses them,
-#: "forloop" sends the params with sparse grads through the for-loop, "kernel" fuses them
-KERNELS: dict[str, tuple[str, str, str]] = {
-    "adam": ("adam_family", "adam", "dense"),
-    "adamax": ("adam_family", "adamax", "dense"),
-    "nadam": ("adam_family", "nadam", "dense"),
-    "radam": ("adam_family", "radam", "dense"),
-    "sparse_adam": ("adam_family", "sparse_adam", "kernel"),
-    "sgd": ("sgd_family", "sgd", "forloop"),
-    "asgd": ("sgd_family", "asgd", "dense"),
-    "rprop": ("sgd_family", "rprop", "dense"),
-    "adagrad": ("adagrad_family", "adagrad", "forloop"),
-    "rmsprop": ("adagrad_family", "rmsprop", "dense"),
-    "adadelta": ("adagrad_family", "adadelta", "dense"),
-    "adafactor": ("matrix_family", "adafactor", "dense"),
-    "muon": ("matrix_family", "muon", "dense"),
-}
+# Every algorithm's line of the table (``_table.ALGORITHMS``): its kernel module and update
+# function, how it takes sparse grads, and its operator (``_ops``).
+from ._table import ALGORITHMS  # noqa: E402  (the table imports no Triton)
 
 
 def _explicit(group: dict) -> bool:
@@ -160,6 +154,26 @@ def _fallback(algorithm, group, params, grads, state, grad_scale, found_inf):
     if amp_on_host(grads, grad_scale, found_inf):
         return
     return _dispatch.kernel(algorithm, name)(group, params, grads, state)
+
+
+def _run(algorithm, group, params, grads, state, grad_scale=None, found_inf=None, **extra):
+    """The update's kernels, in eager code (what the operator runs): a compile failure
+    falls back to foreach unless Triton was asked for explicitly."""
+    fn = getattr(importlib.import_module(f"{__name__}.{ALGORITHMS[algorithm].module}"), algorithm)
+    try:
+        return fn(group, params, grads, state, grad_scale=grad_scale, found_inf=found_inf, **extra)
+    except KernelCompileError as e:
+        if _explicit(group):
+            raise RuntimeError(
+                f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
+                "pass fused=None (or unset OPTIMLAB_BACKEND) to fall back to foreach"
+            ) from e
+        _dispatch.warn_once(
+            f"triton-compile:{algorithm}",
+            f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
+            "falling back to the foreach backend",
+        )
+        return _fallback(algorithm, group, params, grads, state, grad_scale, found_inf)
 
 
 def _subset(fn, idx, group, params, grads, state):
@@ -188,12 +202,17 @@ def _as_real(fn, group, params, grads, state):
             state[k][i] = new
 
 
-def _make_update(algorithm: str, module: str, fname: str, sparse: str):
+def _make_update(algorithm: str):
+    entry = ALGORITHMS[algorithm]
+
     def update(group, params, grads, state, grad_scale=None, found_inf=None):
-        if sparse == "forloop" and any(map(_IS_SPARSE, grads)):
+        # (what dynamo traces: plain comprehensions there, it graph-breaks on map of attrgetter)
+        compiling = torch.compiler.is_compiling()
+        sparse = [g.is_sparse for g in grads] if compiling else list(map(_IS_SPARSE, grads))
+        if entry.sparse == "forloop" and any(sparse):
             # sparse grads are not fused: the for-loop reference updates those params
-            with_sparse = [i for i, g in enumerate(grads) if g.is_sparse]
-            dense = [i for i, g in enumerate(grads) if not g.is_sparse]
+            with_sparse = [i for i, s in enumerate(sparse) if s]
+            dense = [i for i, s in enumerate(sparse) if not s]
             from ._host import amp_on_host
 
             if amp_on_host(grads, grad_scale, found_inf):  # skipped, or every grad unscaled
@@ -202,41 +221,46 @@ def _make_update(algorithm: str, module: str, fname: str, sparse: str):
             if dense:
                 _subset(update, dense, group, params, grads, state)
             return
-        if any(map(torch.Tensor.is_complex, params)):
+        if any(p.is_complex() for p in params) if compiling else any(map(torch.Tensor.is_complex, params)):
             # the base views complex as real unless the class opts out (SGD, Adagrad): do it here
             return _as_real(
                 lambda *a: update(*a, grad_scale=grad_scale, found_inf=found_inf),
                 group, params, grads, state,
             )
-        fn = getattr(importlib.import_module(f"{__name__}.{module}"), fname)
-        try:
-            return fn(group, params, grads, state, grad_scale=grad_scale, found_inf=found_inf)
-        except KernelCompileError as e:
-            if _explicit(group):
-                raise RuntimeError(
-                    f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
-                    "pass fused=None (or unset OPTIMLAB_BACKEND) to fall back to foreach"
-                ) from e
-            _dispatch.warn_once(
-                f"triton-compile:{algorithm}",
-                f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
-                "falling back to the foreach backend",
-            )
-            return _fallback(algorithm, group, params, grads, state, grad_scale, found_inf)
+        extra = {}
+        if entry.fresh is not None:
+            from ._host import fresh_state
 
+            fresh = fresh_state(state.get(entry.fresh), grads, found_inf)
+            if fresh is None:  # a step AMP skips: nothing happens, no state is created
+                return
+            if fresh:
+                extra["fresh"] = fresh
+        if entry.operator and tracing():  # one operator call: make_fx, torch.compile see it
+            from . import _ops
+
+            _ops.call(algorithm, group, params, grads, state, grad_scale, found_inf, extra)
+            return
+        _run(algorithm, group, params, grads, state, grad_scale, found_inf, **extra)
+
+    # in the compiled region (optimizer._fused_update): an operator, or nothing dynamo traces
+    update.traceable = entry.operator
     update.__name__ = f"_{algorithm}_triton"
     update.__qualname__ = update.__name__
     return update
 
 
 def _register() -> None:
-    for algorithm, (module, fname, sparse) in KERNELS.items():
-        _dispatch.register(algorithm, "triton")(_make_update(algorithm, module, fname, sparse))
+    from . import _ops
+
+    for algorithm in ALGORITHMS:
+        _dispatch.register(algorithm, "triton")(_make_update(algorithm))
+    _ops.define(_run)
     _dispatch.register_availability("triton", available)
     _dispatch.register_check(
         "triton",
         lambda algorithm, group, params, dtypes=None: check_group(
-            algorithm, group, params, list(map(_GRAD, params)), KERNELS[algorithm][2] != "dense"),
+            algorithm, group, params, _grads(params), ALGORITHMS[algorithm].sparse != "dense"),
     )
 
 

@@ -207,3 +207,35 @@ def contiguous_stage(tensors: list[Tensor]) -> tuple[list[Tensor], list[tuple[Te
 def write_back(staged: list[tuple[Tensor, Tensor]]) -> None:
     for orig, copy in staged:
         orig.copy_(copy)
+
+
+def fresh_state(tensors: list | None, grads: list[Tensor], found_inf: Tensor | None) -> tuple[int, ...] | None:
+    """Make the missing tensors of a state list created on its first step (SGD's momentum
+    buffers), uninitialised (the kernel writes them, told which are new), and return their
+    indices; None when AMP skips the step (``found_inf`` nonzero): a skipped step creates
+    nothing, as torch's for-loop (which GradScaler does not call then) creates nothing.
+    Reads ``found_inf`` on the host (one sync) on such steps only. Runs before the operator
+    (traced: the new tensors are the graph's)."""
+    if not tensors:  # absent (SGD without momentum)
+        return ()
+    if torch.compiler.is_compiling():  # (dynamo graph-breaks on map of operator.is_)
+        missing = [i for i, t in enumerate(tensors) if t is None]
+    else:
+        missing = ([i for i, t in enumerate(tensors) if t is None]
+                   if any(map(operator.is_, tensors, repeat(None))) else [])
+    if not missing:
+        return ()
+    if found_inf is not None:
+        if capturing():
+            from ._launcher import CaptureError
+
+            raise CaptureError(
+                "optimlab sgd (triton backend): a CUDA graph is being captured with "
+                "GradScaler's found_inf, and some momentum buffers do not exist yet: "
+                "whether they are created depends on found_inf, which capture cannot "
+                "read. Run one step outside capture first. Nothing was updated.")
+        if float(found_inf) != 0:
+            return None
+    for i in missing:
+        tensors[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
+    return tuple(missing)

@@ -666,13 +666,13 @@ def scalar_table(group_scalars: Sequence, columns: Sequence, indices: list[int],
 def launch(
     kernel,
     roles: Sequence[Sequence[Tensor | None]],
-    written: Sequence[int],
+    written: Sequence[int] | None = None,
     group_scalars: Sequence = (),
     columns: Sequence = (),
     *,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
-    persistent: Sequence[int] = (),
+    persistent: Sequence[int] | None = None,
     **constexprs,
 ) -> None:
     """Run ``kernel`` over every tensor of ``roles`` (role 0 = params) in as few launches
@@ -680,9 +680,16 @@ def launch(
     before any is launched: a compile failure raises :class:`KernelCompileError`, a step
     that cannot be captured :class:`CaptureError`, with nothing updated.
 
+    ``written``: the roles the kernel writes (staged copies of them are written back);
     ``persistent``: the roles whose tensors live from step to step (role 0, the params,
     and the state the optimizer holds; never grads or temporaries): with any, the launch
-    goes through the site's :class:`_Plan`."""
+    goes through the site's :class:`_Plan`. For an elementwise kernel
+    (:class:`._elementwise.Kernel`) both default to its line of ``_table.ELEMENTWISE``."""
+    spec = getattr(kernel, "spec", None)
+    if written is None:
+        written = spec.written(grad_scale is not None) if spec is not None else ()
+    if persistent is None:
+        persistent = spec.persistent if spec is not None else ()
     block, iters = chunk_config()
     n = len(roles[0])
     chunk = block * iters

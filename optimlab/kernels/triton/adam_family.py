@@ -17,6 +17,7 @@ import triton.language as tl
 from ...adam import adam_scalars
 from ...optimizer import _to_scalar
 from . import _helpers as h
+from ._elementwise import Kernel
 from ._host import Same, commit_steps, common, next_steps, per_device, per_tensor, read, stack_scalars, value
 from ._launcher import launch
 
@@ -36,13 +37,11 @@ def _adam_scalars_in(stab, ACC64: tl.constexpr):
 
 
 @triton.jit
-def _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
-             HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
-             ACC64: tl.constexpr):
-    """The Adam-family prologue: p and g (unscaled, maximize), weight decay, then
-    m = lerp(m, g, 1 - beta1) and v = beta2 * v + (1 - beta2) * g^2, stored."""
+def _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay,
+             WD_MODE: tl.constexpr, ACC64: tl.constexpr):
+    """The Adam-family prologue: p, weight decay, then m = lerp(m, g, 1 - beta1) and
+    v = beta2 * v + (1 - beta2) * g^2, stored."""
     p = h.load(pp, offs, mask, ACC64)
-    g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
     p, g = h.weight_decay(p, g, wd, decay, WD_MODE)
     m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
     v = h.ema_sq(h.load(vp, offs, mask, ACC64), g, beta2, omb2)
@@ -52,36 +51,30 @@ def _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
 
 
 @triton.jit
-def _adam_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, m_ref, v_ref, vmax_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr, AMSGRAD: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
-    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref, ALIGNED)
+def _adam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
-                              HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
-        if AMSGRAD:
-            vmaxp = h.tensor_ptr(itab, 4, n_tensors, ti, vmax_ref, ALIGNED)
-            v = tl.maximum(h.load(vmaxp, offs, mask, ACC64), v)
-            h.store(vmaxp, offs, v, mask)
-        denom = h.div(h.sqrt(v, ACC64), bc2_sqrt, ACC64) + eps
-        p = p + neg_step_size * h.div(m, denom, ACC64)
-        h.store(pp, offs, p, mask)
+    return w1, beta2, omb2, eps, wd, decay, neg_step_size, bc2_sqrt
+
+
+@triton.jit
+def _adam(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+          WD_MODE: tl.constexpr, AMSGRAD: tl.constexpr, _F2: tl.constexpr):
+    """m, v as :func:`_moments`; amsgrad: v = max(v_max, v) (stored);
+    p += -step_size * m / (sqrt(v) / sqrt(bias_correction2) + eps)."""
+    pp, _, mp, vp, vmaxp = ptrs
+    w1, beta2, omb2, eps, wd, decay, neg_step_size, bc2_sqrt = sc
+    p, g, m, v = _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay, WD_MODE, ACC64)
+    if AMSGRAD:
+        v = tl.maximum(h.load(vmaxp, offs, mask, ACC64), v)
+        h.store(vmaxp, offs, v, mask)
+    denom = h.div(h.sqrt(v, ACC64), bc2_sqrt, ACC64) + eps
+    p = p + neg_step_size * h.div(m, denom, ACC64)
+    h.store(pp, offs, p, mask)
+
+
+_adam_kernel = Kernel("adam", _adam, _adam_scalars)
 
 
 def _neg_adam_scalars(lr, beta1, beta2, step):
@@ -109,9 +102,8 @@ def adam(group, params, grads, state, grad_scale=None, found_inf=None):
     roles = [params, grads, state["exp_avg"], state["exp_avg_sq"],
              state["max_exp_avg_sq"] if amsgrad else None]
     launch(
-        _adam_kernel, roles, written=range(len(roles)),
-        group_scalars=group_scalars, columns=columns,
-        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3, 4),
+        _adam_kernel, roles, group_scalars=group_scalars, columns=columns,
+        grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group), AMSGRAD=bool(amsgrad),
     )
     commit_steps(steps, found_inf, nxt)
@@ -119,38 +111,34 @@ def adam(group, params, grads, state, grad_scale=None, found_inf=None):
 
 # ---- Adamax ------------------------------------------------------------------------------
 @triton.jit
-def _adamax_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, m_ref, u_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
-    up = h.tensor_ptr(itab, 3, n_tensors, ti, u_ref, ALIGNED)
+def _adamax_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     w1 = h.scalar(stab, 0, ACC64)
     beta2 = h.scalar(stab, 1, ACC64)
     eps = h.scalar(stab, 2, ACC64)
     wd = h.scalar(stab, 3, ACC64)
     neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        p, g = h.weight_decay(p, g, wd, wd, WD_MODE)
-        m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
-        u = tl.maximum(h.load(up, offs, mask, ACC64) * beta2, tl.abs(g) + eps,
-                       propagate_nan=tl.PropagateNan.ALL)  # torch.maximum keeps NaN
-        h.store(mp, offs, m, mask)
-        h.store(up, offs, u, mask)
-        h.store(pp, offs, p + neg_step_size * h.div(m, u, ACC64), mask)
+    return w1, beta2, eps, wd, neg_step_size
+
+
+@triton.jit
+def _adamax(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+            HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """g += wd * p; m = lerp(m, g, 1 - beta1); u = max(u * beta2, |g| + eps);
+    p += -step_size * m / u."""
+    pp, _, mp, up, _ = ptrs
+    w1, beta2, eps, wd, neg_step_size = sc
+    p = h.load(pp, offs, mask, ACC64)
+    if HAS_WD:
+        g = h.add_decay(g, p, wd)
+    m = h.lerp(h.load(mp, offs, mask, ACC64), g, w1)
+    u = tl.maximum(h.load(up, offs, mask, ACC64) * beta2, tl.abs(g) + eps,
+                   propagate_nan=tl.PropagateNan.ALL)  # torch.maximum keeps NaN
+    h.store(mp, offs, m, mask)
+    h.store(up, offs, u, mask)
+    h.store(pp, offs, p + neg_step_size * h.div(m, u, ACC64), mask)
+
+
+_adamax_kernel = Kernel("adamax", _adamax, _adamax_scalars)
 
 
 def _neg_adamax_step(lr, beta1, step):
@@ -166,44 +154,39 @@ def adamax(group, params, grads, state, grad_scale=None, found_inf=None):
     nxt = next_steps(steps, group["capturable"])
     columns = per_tensor(_neg_adamax_step, nxt, lr, beta1)
     launch(
-        _adamax_kernel, [params, grads, state["exp_avg"], state["exp_inf"]], written=(0, 1, 2, 3),
+        _adamax_kernel, [params, grads, state["exp_avg"], state["exp_inf"]],
         group_scalars=[1 - value(beta1, ref), value(beta2, ref), group["eps"], group["weight_decay"]],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
-        MAXIMIZE=bool(group["maximize"]), WD_MODE=1 if group["weight_decay"] != 0 else 0,
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
     commit_steps(steps, found_inf, nxt)
 
 
 # ---- NAdam -------------------------------------------------------------------------------
 @triton.jit
-def _nadam_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, m_ref, v_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
-    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref, ALIGNED)
+def _nadam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     bc2 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     grad_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     exp_avg_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
-                              HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
-        denom = h.sqrt(h.div(v, bc2, ACC64), ACC64) + eps
-        p = p + grad_step * h.div(g, denom, ACC64)
-        p = p + exp_avg_step * h.div(m, denom, ACC64)
-        h.store(pp, offs, p, mask)
+    return w1, beta2, omb2, eps, wd, decay, bc2, grad_step, exp_avg_step
+
+
+@triton.jit
+def _nadam(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+           WD_MODE: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """m, v as :func:`_moments`; denom = sqrt(v / bias_correction2) + eps;
+    p += grad_step * g / denom + exp_avg_step * m / denom (steps from ``nadam_scalars``)."""
+    pp, _, mp, vp, _ = ptrs
+    w1, beta2, omb2, eps, wd, decay, bc2, grad_step, exp_avg_step = sc
+    p, g, m, v = _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay, WD_MODE, ACC64)
+    denom = h.sqrt(h.div(v, bc2, ACC64), ACC64) + eps
+    p = p + grad_step * h.div(g, denom, ACC64)
+    p = p + exp_avg_step * h.div(m, denom, ACC64)
+    h.store(pp, offs, p, mask)
+
+
+_nadam_kernel = Kernel("nadam", _nadam, _nadam_scalars)
 
 
 def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
@@ -228,9 +211,9 @@ def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
         columns, new_mus = _nadam_host(lr, beta1, beta2, md, nxt, mus)
     decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
     launch(
-        _nadam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]], written=(0, 1, 2, 3),
+        _nadam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]],
         group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
     if found_inf is not None:
@@ -270,35 +253,30 @@ def _nadam_host(lr, beta1, beta2, md, nxt, mus):
 
 # ---- RAdam -------------------------------------------------------------------------------
 @triton.jit
-def _radam_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, m_ref, v_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr, WD_MODE: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    mp = h.tensor_ptr(itab, 2, n_tensors, ti, m_ref, ALIGNED)
-    vp = h.tensor_ptr(itab, 3, n_tensors, ti, v_ref, ALIGNED)
+def _radam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
     lr = h.scalar(stab, 6, ACC64)
     bc1 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     rect = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p, g, m, v = _moments(pp, gp, mp, vp, offs, mask, grad_scale, w1, beta2, omb2, wd, decay,
-                              HAS_SCALE, MAXIMIZE, WD_MODE, ACC64)
-        upd = h.div(m, bc1, ACC64) * lr
-        adaptive = h.div(bc2_sqrt + 0 * v, h.sqrt(v, ACC64) + eps, ACC64)
-        upd = tl.where(rect > 0, upd * adaptive * rect, upd)
-        h.store(pp, offs, p - upd, mask)
+    return w1, beta2, omb2, eps, wd, decay, lr, bc1, bc2_sqrt, rect
+
+
+@triton.jit
+def _radam(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+           WD_MODE: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """m, v as :func:`_moments`; upd = m / bias_correction1 * lr, times
+    rect * sqrt(bias_correction2) / (sqrt(v) + eps) once rectified (rect > 0); p -= upd."""
+    pp, _, mp, vp, _ = ptrs
+    w1, beta2, omb2, eps, wd, decay, lr, bc1, bc2_sqrt, rect = sc
+    p, g, m, v = _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay, WD_MODE, ACC64)
+    upd = h.div(m, bc1, ACC64) * lr
+    adaptive = h.div(bc2_sqrt + 0 * v, h.sqrt(v, ACC64) + eps, ACC64)
+    upd = tl.where(rect > 0, upd * adaptive * rect, upd)
+    h.store(pp, offs, p - upd, mask)
+
+
+_radam_kernel = Kernel("radam", _radam, _radam_scalars)
 
 
 def _radam_cols(lr, beta1, beta2, step):
@@ -317,9 +295,9 @@ def radam(group, params, grads, state, grad_scale=None, found_inf=None):
     columns = per_tensor(_radam_cols, nxt, lr, beta1, beta2)
     decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
     launch(
-        _radam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]], written=(0, 1, 2, 3),
+        _radam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]],
         group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay, value(lr, ref)],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
+        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
     commit_steps(steps, found_inf, nxt)

@@ -34,6 +34,7 @@ import triton.language as tl
 from ..._common import foreach_increment
 from ...optimizer import _to_scalar
 from . import _helpers as h
+from ._elementwise import Kernel
 from ._host import amp_on_host, contiguous_stage, value, write_back
 from ._launcher import launch, launch_raw
 
@@ -150,56 +151,39 @@ def _adafactor_col_kernel(
 
 
 @triton.jit
-def _adafactor_vec_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    g_ref, v_ref, u_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-):
-    """Params of 0 or 1 dim: ``variance = lerp(variance, g*g, w)``, ``U = g / sqrt(max(variance, eps1^2))``."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    gp = h.tensor_ptr(itab, 0, n_tensors, ti, g_ref, ALIGNED)
-    vp = h.tensor_ptr(itab, 1, n_tensors, ti, v_ref, ALIGNED)
-    up = h.tensor_ptr(itab, 2, n_tensors, ti, u_ref, ALIGNED)
-    eps1_sq = h.scalar(stab, 0, ACC64)
-    w = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        g = h.load(gp, offs, mask, ACC64)
-        if MAXIMIZE:
-            g = -g
-        var = h.lerp(h.load(vp, offs, mask, ACC64), g * g, w)
-        h.store(vp, offs, var, mask)
-        var = _clamp_min(var, eps1_sq)
-        h.store(up, offs, h.div(1.0 + tl.zeros_like(var), h.sqrt(var, ACC64), ACC64) * g, mask)
+def _scalar_pair(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
+    """The scalars of the kernels below: the group's first, the tensor's first (Adafactor's
+    eps1^2 and 1 - beta2_t; the apply kernels' decay and coefficient)."""
+    return h.scalar(stab, 0, ACC64), h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
 
 
 @triton.jit
-def _adafactor_apply_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, u_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    HAS_WD: tl.constexpr,
-):
+def _adafactor_vec(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+                   _F0: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """Params of 0 or 1 dim: ``variance = lerp(variance, g*g, w)``, ``U = g / sqrt(max(variance, eps1^2))``."""
+    _, vp, up, _, _ = ptrs
+    eps1_sq, w = sc
+    var = h.lerp(h.load(vp, offs, mask, ACC64), g * g, w)
+    h.store(vp, offs, var, mask)
+    var = _clamp_min(var, eps1_sq)
+    h.store(up, offs, h.div(1.0 + tl.zeros_like(var), h.sqrt(var, ACC64), ACC64) * g, mask)
+
+
+@triton.jit
+def _adafactor_apply(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+                     HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
     """``p = p * decay`` (if weight decay), then ``p.add_(U, alpha=coef)`` (one fma, as torch)."""
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    up = h.tensor_ptr(itab, 1, n_tensors, ti, u_ref, ALIGNED)
-    decay = h.scalar(stab, 0, ACC64)
-    coef = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        if HAS_WD:
-            p = p * decay
-        u = h.load(up, offs, mask, ACC64)
-        h.store(pp, offs, tl.fma(coef + tl.zeros_like(u), u, p), mask)
+    pp, up, _, _, _ = ptrs
+    decay, coef = sc
+    p = h.load(pp, offs, mask, ACC64)
+    if HAS_WD:
+        p = p * decay
+    u = h.load(up, offs, mask, ACC64)
+    h.store(pp, offs, tl.fma(coef + tl.zeros_like(u), u, p), mask)
+
+
+_adafactor_vec_kernel = Kernel("adafactor_vec", _adafactor_vec, _scalar_pair)
+_adafactor_apply_kernel = Kernel("adafactor_apply", _adafactor_apply, _scalar_pair)
 
 
 def adafactor(group, params, grads, state, grad_scale=None, found_inf=None):
@@ -239,69 +223,52 @@ def adafactor(group, params, grads, state, grad_scale=None, found_inf=None):
         for i in vec:
             updates[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
         launch(_adafactor_vec_kernel, [[grads[i] for i in vec], [state["variance"][i] for i in vec],
-                                       [updates[i] for i in vec]], written=(1, 2),
+                                       [updates[i] for i in vec]],
                group_scalars=[eps1 * eps1], columns=[[w[i] for i in vec]], MAXIMIZE=maximize)
     coefs = [value(-alpha / clip_denominator(u, d)) for (_, alpha), u, p in zip(scalars, updates, params)]
     decay = 1 - lr * wd if wd != 0 else 1.0
-    launch(_adafactor_apply_kernel, [params, updates], written=(0,),
+    launch(_adafactor_apply_kernel, [params, updates],
            group_scalars=[value(decay)], columns=[coefs], HAS_WD=wd != 0)
 
 
 # ---- Muon ------------------------------------------------------------------------------------
 @triton.jit
-def _muon_momentum_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    b_ref, g_ref, u_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    NESTEROV: tl.constexpr,
-):
-    """``buf.lerp_(g, 1 - momentum)``; the update (``g.lerp(buf, momentum)`` with Nesterov,
-    else ``buf``) stored in bfloat16 into its slot of the Newton–Schulz batch. AMP: the
-    grad is unscaled (and written back); a nonzero ``found_inf`` skips the step."""
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    bp = h.tensor_ptr(itab, 0, n_tensors, ti, b_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    up = h.tensor_ptr(itab, 2, n_tensors, ti, u_ref, ALIGNED)
+def _muon_momentum_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     one_minus_momentum = h.scalar(stab, 0, ACC64)
     momentum = h.scalar(stab, 1, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, False, ACC64)
-        b = h.lerp(h.load(bp, offs, mask, ACC64), g, one_minus_momentum)
-        h.store(bp, offs, b, mask)
-        if NESTEROV:
-            b = h.lerp(g, b, momentum)
-        h.store(up, offs, b, mask)
+    return one_minus_momentum, momentum
 
 
 @triton.jit
-def _muon_apply_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, o_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-):
+def _muon_momentum(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+                   NESTEROV: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """``buf.lerp_(g, 1 - momentum)``; the update (``g.lerp(buf, momentum)`` with Nesterov,
+    else ``buf``) stored in bfloat16 into its slot of the Newton–Schulz batch. AMP: the
+    grad is unscaled (and written back) by the driver, which skips the step where
+    ``found_inf`` is nonzero."""
+    bp, _, up, _, _ = ptrs
+    one_minus_momentum, momentum = sc
+    b = h.lerp(h.load(bp, offs, mask, ACC64), g, one_minus_momentum)
+    h.store(bp, offs, b, mask)
+    if NESTEROV:
+        b = h.lerp(g, b, momentum)
+    h.store(up, offs, b, mask)
+
+
+@triton.jit
+def _muon_apply(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+                _F0: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
     """``p.mul_(1 - lr * wd).add_(O, alpha=-adjusted_lr)`` (the add is one fma, as torch);
-    nothing where ``found_inf`` is nonzero."""
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    op = h.tensor_ptr(itab, 1, n_tensors, ti, o_ref, ALIGNED)
-    decay = h.scalar(stab, 0, ACC64)
-    neg_lr = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64) * decay
-        o = h.load(op, offs, mask, ACC64)
-        h.store(pp, offs, tl.fma(neg_lr + tl.zeros_like(o), o, p), mask)
+    nothing where ``found_inf`` is nonzero (the driver skips the step)."""
+    pp, op, _, _, _ = ptrs
+    decay, neg_lr = sc
+    p = h.load(pp, offs, mask, ACC64) * decay
+    o = h.load(op, offs, mask, ACC64)
+    h.store(pp, offs, tl.fma(neg_lr + tl.zeros_like(o), o, p), mask)
+
+
+_muon_momentum_kernel = Kernel("muon_momentum", _muon_momentum, _muon_momentum_scalars)
+_muon_apply_kernel = Kernel("muon_apply", _muon_apply, _scalar_pair)
 
 
 def muon(group, params, grads, state, grad_scale=None, found_inf=None):
@@ -324,7 +291,6 @@ def muon(group, params, grads, state, grad_scale=None, found_inf=None):
             slots[i] = batch[j]
         batches.append((batch, idx))
     launch(_muon_momentum_kernel, [state["momentum_buffer"], grads, slots],
-           written=(0, 1, 2) if grad_scale is not None else (0, 2),
            group_scalars=[1 - momentum, momentum], grad_scale=grad_scale, found_inf=found_inf,
            NESTEROV=bool(group["nesterov"]))
     ortho: list = [None] * len(params)
@@ -338,5 +304,5 @@ def muon(group, params, grads, state, grad_scale=None, found_inf=None):
             for j, i in enumerate(idx):
                 ortho[i] = out[j]
     decay = 1 - lr * wd
-    launch(_muon_apply_kernel, [params, ortho], written=(0,),
+    launch(_muon_apply_kernel, [params, ortho],
            group_scalars=[value(decay)], columns=[neg_lrs], found_inf=found_inf)

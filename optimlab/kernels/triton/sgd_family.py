@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import operator
-from itertools import repeat
-
 import torch
 import triton
 import triton.language as tl
@@ -12,120 +9,99 @@ import triton.language as tl
 from ...optimizer import _to_scalar
 from . import _helpers as h
 from . import _host
-from ._host import Same, capturing, commit_steps, common, each, per_tensor, read, stack_scalars, value
-from ._launcher import CaptureError, launch
-
+from ._elementwise import Kernel
+from ._host import Same, commit_steps, common, each, per_tensor, read, stack_scalars, value
+from ._launcher import launch
 
 
 @triton.jit
-def _sgd_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, b_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
+def _sgd_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     neg_lr = h.scalar(stab, 0, ACC64)
     wd = h.scalar(stab, 1, ACC64)
     momentum = h.scalar(stab, 2, ACC64)
     one_minus_dampening = h.scalar(stab, 3, ACC64)
     first = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1: the buffer is new
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        if HAS_WD:
-            g = h.add_decay(g, p, wd)
-        if MOMENTUM:
-            bp = h.tensor_ptr(itab, 2, n_tensors, ti, b_ref, ALIGNED)
-            b = h.load(bp, offs, mask, ACC64)
-            b = tl.where(first != 0, g, b * momentum + one_minus_dampening * g)
-            h.store(bp, offs, b, mask)
-            if NESTEROV:
-                g = g + momentum * b
-            else:
-                g = b
-        h.store(pp, offs, p + neg_lr * g, mask)
-
-
-def sgd(group, params, grads, state, grad_scale=None, found_inf=None):
-    lr, wd, momentum = _to_scalar(group["lr"]), group["weight_decay"], group["momentum"]
-    ref = params[0]
-    bufs = state.get("momentum_buffer")
-    new_bufs, first = None, Same(0.0)
-    if momentum != 0:
-        missing = ([i for i, b in enumerate(bufs) if b is None]
-                   if any(map(operator.is_, bufs, repeat(None))) else [])
-        if missing and found_inf is not None:
-            # A step AMP skips must leave no buffer behind (torch's for-loop does not step
-            # at all then): the kernel would not write the new buffers. One host sync, on
-            # the steps that create buffers only.
-            if capturing():
-                raise CaptureError(
-                    "optimlab sgd (triton backend): a CUDA graph is being captured with "
-                    "GradScaler's found_inf, and some momentum buffers do not exist yet: "
-                    "whether they are created depends on found_inf, which capture cannot "
-                    "read. Run one step outside capture first. Nothing was updated.")
-            if float(found_inf) != 0:
-                return
-        new_bufs = list(bufs)
-        if missing:
-            first = [0.0] * len(params)
-        for i in missing:
-            new_bufs[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
-            first[i] = 1.0
-    launch(
-        _sgd_kernel, [params, grads, new_bufs], written=(0, 1, 2),
-        group_scalars=[-value(lr, ref), value(wd, ref), momentum, 1 - group["dampening"]],
-        columns=[first], grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2),
-        MAXIMIZE=bool(group["maximize"]), HAS_WD=bool(wd != 0), MOMENTUM=momentum != 0,
-        NESTEROV=bool(group["nesterov"]),
-    )
-    if new_bufs is not None:
-        bufs[:] = new_bufs
+    return neg_lr, wd, momentum, one_minus_dampening, first
 
 
 @triton.jit
-def _asgd_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, ax_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    axp = h.tensor_ptr(itab, 2, n_tensors, ti, ax_ref, ALIGNED)
+def _sgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+         HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr):
+    """g += wd * p; b = g on the buffer's first step, else momentum * b + (1 - dampening) * g;
+    g = g + momentum * b (Nesterov) or b; p += -lr * g."""
+    pp, _, bp, _, _ = ptrs
+    neg_lr, wd, momentum, one_minus_dampening, first = sc
+    p = h.load(pp, offs, mask, ACC64)
+    if HAS_WD:
+        g = h.add_decay(g, p, wd)
+    if MOMENTUM:
+        b = h.load(bp, offs, mask, ACC64)
+        b = tl.where(first != 0, g, b * momentum + one_minus_dampening * g)
+        h.store(bp, offs, b, mask)
+        if NESTEROV:
+            g = g + momentum * b
+        else:
+            g = b
+    h.store(pp, offs, p + neg_lr * g, mask)
+
+
+_sgd_kernel = Kernel("sgd", _sgd, _sgd_scalars)
+
+
+def sgd(group, params, grads, state, grad_scale=None, found_inf=None, fresh=()):
+    """``fresh``: the momentum buffers made for this step (``_host.fresh_state``, uninitialised):
+    the kernel starts them as the grad."""
+    lr, wd, momentum = _to_scalar(group["lr"]), group["weight_decay"], group["momentum"]
+    ref = params[0]
+    bufs = state.get("momentum_buffer") if momentum != 0 else None
+    first = Same(0.0)
+    if fresh:
+        first = [0.0] * len(params)
+        for i in fresh:
+            first[i] = 1.0
+    try:
+        launch(
+            _sgd_kernel, [params, grads, bufs],
+            group_scalars=[-value(lr, ref), value(wd, ref), momentum, 1 - group["dampening"]],
+            columns=[first], grad_scale=grad_scale, found_inf=found_inf,
+            MAXIMIZE=bool(group["maximize"]), HAS_WD=bool(wd != 0), MOMENTUM=momentum != 0,
+            NESTEROV=bool(group["nesterov"]),
+        )
+    except BaseException:
+        for i in fresh:  # a step that raises (nothing was updated) leaves no new buffer behind
+            bufs[i] = None
+        raise
+
+
+@triton.jit
+def _asgd_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     wd = h.scalar(stab, 0, ACC64)
     decay = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1 - lambd * eta
     neg_eta = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     mu = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        p = h.load(pp, offs, mask, ACC64)
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        # loaded before p is stored: the compiler cannot move a load past a store to
-        # another pointer (they may alias), and the load would wait for memory again
-        ax = h.load(axp, offs, mask, ACC64)
-        if HAS_WD:
-            g = h.add_decay(g, p, wd)
-        p = p * decay
-        p = p + neg_eta * g
-        h.store(pp, offs, p, mask)
-        ax = tl.where(mu != 1, ax + (p - ax) * mu, p)
-        h.store(axp, offs, ax, mask)
+    return wd, decay, neg_eta, mu
+
+
+@triton.jit
+def _asgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+          HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """g += wd * p; p = p * (1 - lambd * eta) - eta * g; ax += (p - ax) * mu (ax = p at mu 1)."""
+    pp, _, axp, _, _ = ptrs
+    wd, decay, neg_eta, mu = sc
+    p = h.load(pp, offs, mask, ACC64)
+    # loaded before p is stored: the compiler cannot move a load past a store to
+    # another pointer (they may alias), and the load would wait for memory again
+    ax = h.load(axp, offs, mask, ACC64)
+    if HAS_WD:
+        g = h.add_decay(g, p, wd)
+    p = p * decay
+    p = p + neg_eta * g
+    h.store(pp, offs, p, mask)
+    ax = tl.where(mu != 1, ax + (p - ax) * mu, p)
+    h.store(axp, offs, ax, mask)
+
+
+_asgd_kernel = Kernel("asgd", _asgd, _asgd_scalars)
 
 
 def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
@@ -150,9 +126,9 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
                    [[asgd_decay(lambd, v) for v in eta_vals], [-v for v in eta_vals]])
         columns.append(Same(m) if m is not None else mu_vals)
     launch(
-        _asgd_kernel, [params, grads, state["ax"]], written=(0, 1, 2),
+        _asgd_kernel, [params, grads, state["ax"]],
         group_scalars=[value(group["weight_decay"], ref)], columns=columns,
-        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2),
+        grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
     if not on_dev:
@@ -186,50 +162,44 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
 
 
 @triton.jit
-def _rprop_kernel(
-    itab, stab, grad_scale, found_inf, n_tensors, n_entries,
-    p_ref, g_ref, prev_ref, size_ref,
-    N_ROLES: tl.constexpr, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ALIGNED: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-):
-    if h.skip_step(found_inf, HAS_INF):
-        return
-    ti, start, numel = h.entry(itab, N_ROLES, n_tensors, n_entries, ALIGNED)
-    pp = h.tensor_ptr(itab, 0, n_tensors, ti, p_ref, ALIGNED)
-    gp = h.tensor_ptr(itab, 1, n_tensors, ti, g_ref, ALIGNED)
-    prevp = h.tensor_ptr(itab, 2, n_tensors, ti, prev_ref, ALIGNED)
-    sp = h.tensor_ptr(itab, 3, n_tensors, ti, size_ref, ALIGNED)
+def _rprop_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     etaminus = h.scalar(stab, 0, ACC64)
     etaplus = h.scalar(stab, 1, ACC64)
     size_min = h.scalar(stab, 2, ACC64)
     size_max = h.scalar(stab, 3, ACC64)
-    for it in range(ITERS):
-        offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < numel
-        g = h.grad_in(gp, offs, mask, grad_scale, HAS_SCALE, MAXIMIZE, ACC64)
-        prod = g * h.load(prevp, offs, mask, ACC64)
-        # torch: factor = etaplus / etaminus / 1 for sign +/-/0; torch.sign(NaN) is 0
-        factor = tl.where(prod > 0, etaplus, tl.where(prod < 0, etaminus, 1.0))
-        size = h.load(sp, offs, mask, ACC64) * factor
-        # clamp_ as torch: NaN stays NaN
-        size = tl.minimum(tl.maximum(size, size_min, propagate_nan=tl.PropagateNan.ALL), size_max,
-                          propagate_nan=tl.PropagateNan.ALL)
-        h.store(sp, offs, size, mask)
-        g = tl.where(factor == etaminus, 0.0, g)
-        sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0, as torch
-        h.store(pp, offs, h.load(pp, offs, mask, ACC64) - sign * size, mask)
-        h.store(prevp, offs, g, mask)
+    return etaminus, etaplus, size_min, size_max
+
+
+@triton.jit
+def _rprop(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
+           _F0: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
+    """size *= etaplus / etaminus / 1 by the sign of g * prev, clamped; where it shrank g = 0;
+    p -= sign(g) * size; prev = g."""
+    pp, _, prevp, sp, _ = ptrs
+    etaminus, etaplus, size_min, size_max = sc
+    prod = g * h.load(prevp, offs, mask, ACC64)
+    # torch: factor = etaplus / etaminus / 1 for sign +/-/0; torch.sign(NaN) is 0
+    factor = tl.where(prod > 0, etaplus, tl.where(prod < 0, etaminus, 1.0))
+    size = h.load(sp, offs, mask, ACC64) * factor
+    # clamp_ as torch: NaN stays NaN
+    size = tl.minimum(tl.maximum(size, size_min, propagate_nan=tl.PropagateNan.ALL), size_max,
+                      propagate_nan=tl.PropagateNan.ALL)
+    h.store(sp, offs, size, mask)
+    g = tl.where(factor == etaminus, 0.0, g)
+    sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0, as torch
+    h.store(pp, offs, h.load(pp, offs, mask, ACC64) - sign * size, mask)
+    h.store(prevp, offs, g, mask)
+
+
+_rprop_kernel = Kernel("rprop", _rprop, _rprop_scalars)
 
 
 def rprop(group, params, grads, state, grad_scale=None, found_inf=None):
     etaminus, etaplus = group["etas"]
     size_min, size_max = group["step_sizes"]
     launch(
-        _rprop_kernel, [params, grads, state["prev"], state["step_size"]], written=(0, 1, 2, 3),
+        _rprop_kernel, [params, grads, state["prev"], state["step_size"]],
         group_scalars=[etaminus, etaplus, size_min, size_max],
-        grad_scale=grad_scale, found_inf=found_inf, persistent=(0, 2, 3),
-        MAXIMIZE=bool(group["maximize"]),
+        grad_scale=grad_scale, found_inf=found_inf, MAXIMIZE=bool(group["maximize"]),
     )
     commit_steps(state["step"], found_inf)
