@@ -41,6 +41,9 @@ _AVAILABILITY: dict[str, Callable[[], str | None]] = {}
 # backend name -> check(algorithm, group, params) raising for inputs it cannot take;
 # run at plan time, before any group is updated
 _CHECKS: dict[str, Callable[[str, dict, list], None]] = {}
+# backend name -> accepts(algorithm, group, params, grads, any_sparse) -> None, or why the
+# backend cannot run this group (the plan then runs the fallback: see ``refused``)
+_ACCEPTS: dict[str, Callable[..., str | None]] = {}
 _warned: set[str] = set()
 
 
@@ -79,6 +82,32 @@ def register_check(backend: str, check: Callable[..., None]) -> None:
     """Register ``check(algorithm, group, params, dtypes=None)``, raising for inputs
     ``backend`` cannot take (``dtypes``: the params' dtypes when the caller read them)."""
     _CHECKS[backend] = check
+
+
+def register_accepts(backend: str, accepts: Callable[..., str | None]) -> None:
+    """Register ``accepts(algorithm, group, params, grads, any_sparse)``: None when ``backend``
+    runs this group, else why not (e.g. ``"sparse grads"``). Asked at plan time, after
+    :func:`resolve`: a refused group is planned onto the fallback (:func:`refused`), so
+    ``Optimizer.backends()`` names what runs and no update re-routes a group. ``any_sparse``:
+    whether some grad is sparse, when the caller has read it (else None)."""
+    _ACCEPTS[backend] = accepts
+
+
+def refused(algorithm: str, choice: BackendChoice, group: dict, params: list, grads: list,
+            any_sparse: bool | None = None) -> BackendChoice:
+    """``choice``, or the fallback when its backend's ``accepts`` refuses the group: foreach
+    for tensors on another device (where ``algorithm`` has one; warned once), else the
+    for-loop reference."""
+    accepts = _ACCEPTS.get(choice.name)
+    why = None if accepts is None else accepts(algorithm, group, params, grads, any_sparse)
+    if why is None:
+        return choice
+    name = "forloop"
+    if why.startswith("tensors on") and "foreach" in _KERNELS[algorithm]:
+        name = "foreach"
+        warn_once(f"{choice.name}-device:{algorithm}", f"optimlab: the {choice.name} backend "
+                  f"does not take {why}; using {name} for {algorithm}")
+    return BackendChoice(name, f"{choice.reason}; the {choice.name} backend does not take {why}")
 
 
 def param_name(group: dict, i: int) -> str:

@@ -243,18 +243,21 @@ class Optimizer(torch.optim.Optimizer):
         """The backend each param group resolves to now, and why.
 
         Resolved as the next ``step()`` resolves it (constructor flags, then the
-        ``OPTIMLAB_BACKEND`` environment variable, then the device's default), for
-        the group's params whether or not they have grads yet. Resolving the default
-        may check whether a fused backend can run (building the C++ extension on
-        first use).
+        ``OPTIMLAB_BACKEND`` environment variable, then the device's default, then
+        whether that fused backend takes the group: sparse grads, tensors on another
+        device), for the group's params that have grads now, or all of them when none
+        has a grad yet. Resolving the default may check whether a fused backend can run
+        (building the C++ extension on first use).
 
         Returns:
             One ``BackendChoice(name, reason)`` per param group.
         """
-        return [
-            _dispatch.resolve(self.algorithm, g, list(g["params"]))
-            for g in self.param_groups
-        ]
+        out = []
+        for g in self.param_groups:
+            params = [p for p in g["params"] if p.grad is not None] or list(g["params"])
+            grads = [p.grad for p in params if p.grad is not None]
+            out.append(self._choose(g, params, grads))
+        return out
 
     # ---- the generic step -----------------------------------------------------------
     @_use_grad_for_differentiable
@@ -330,18 +333,28 @@ class Optimizer(torch.optim.Optimizer):
         if (params and group.get("foreach") and group.get("differentiable")
                 and self.foreach_refuses_differentiable):
             raise AssertionError("_foreach ops don't support autograd")
-        choice = _dispatch.resolve(self.algorithm, group, params)
-        if (choice.name in _dispatch.FUSED_BACKENDS and not self.elementwise
-                and _any_dtensor(params)):
-            # a whole-tensor update of sharded DTensors needs DTensor's own ops
-            choice = _dispatch.BackendChoice("forloop", f"{choice.name} needs whole tensors; "
-                                             "DTensor params run the for-loop")
+        choice = self._choose(group, params, grads, any_sparse)
         _dispatch.check(choice.name, self.algorithm, group, params, dtypes)
         if group.get("capturable") and not compiling:
             foreach = choice.name == "foreach"
             xla = self.capturable_xla_foreach if foreach else self.capturable_xla_forloop
             self._check_capturable(params, xla=xla)
         return _Plan(group, params, choice, grads, dtypes)
+
+    def _choose(self, group: dict, params: list[Tensor], grads: list[Tensor],
+                any_sparse: bool | None = None) -> _dispatch.BackendChoice:
+        """The backend that runs ``group``'s ``params`` (with ``grads``) this step: the
+        dispatcher's choice, unless that fused backend does not take the group (its
+        ``accepts``: sparse grads, another device, ...), which then runs its fallback. Final:
+        no update re-routes a group, and ``backends()`` answers with this."""
+        choice = _dispatch.resolve(self.algorithm, group, params)
+        if choice.name not in _dispatch.FUSED_BACKENDS:
+            return choice
+        if not self.elementwise and _any_dtensor(params):
+            # a whole-tensor update of sharded DTensors needs DTensor's own ops
+            return _dispatch.BackendChoice("forloop", f"{choice.name} needs whole tensors; "
+                                           "DTensor params run the for-loop")
+        return _dispatch.refused(self.algorithm, choice, group, params, grads, any_sparse)
 
     def _check_capturable(self, params: list[Tensor], xla: bool) -> None:
         # torch asserts this inside its updates (after creating state); we check first.
@@ -450,13 +463,21 @@ class Optimizer(torch.optim.Optimizer):
             from . import low_precision  # opt-in: float32 working copies, rounded writes
 
             update = low_precision.wrap(self, w, update)
+        # torch.amp.GradScaler sets these on optimizers with _step_supports_amp_scaling
+        # (fused=True): it then neither unscales the grads nor skips the step itself.
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         if choice.name in _dispatch.FUSED_BACKENDS:
-            # torch.amp.GradScaler sets these on optimizers with _step_supports_amp_scaling;
-            # fused updates unscale inside the kernel and skip the step where found_inf.
-            _fused_update(update, group, params, grads, states, getattr(self, "grad_scale", None),
-                          getattr(self, "found_inf", None), self.elementwise)
-        else:
+            # fused updates unscale inside the kernel and skip the step where found_inf
+            _fused_update(update, group, params, grads, states, grad_scale, found_inf,
+                          self.elementwise)
+        elif grad_scale is None and found_inf is None:
             update(group, params, grads, states)
+        else:  # a group planned off the fused backend (or fused=False): the same contract
+            from .kernels.triton._host import amp_on_host  # (imports no Triton)
+
+            if amp_on_host(grads, grad_scale, found_inf):  # skipped: nothing changes
+                return
+            update(group, params, grads, states)  # on the unscaled grads
         # An update may create state lazily (SGD's momentum buffer) or replace a number
         # (SparseAdam's step): store it back. Other entries are updated in place.
         for k, lst in states.items():

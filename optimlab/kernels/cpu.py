@@ -10,8 +10,8 @@ Python function (``adam_scalars``, ``nadam_scalars``, ``radam_scalars``,
 
 Each kernel is a torch operator, ``torch.ops.optimlab.<algorithm>_`` (defined in
 ``ops.py``). This module holds both sides of it: the updates registered with the
-dispatcher (``_adam_cpp``, ...: the fallbacks, then the group's tensors and
-hyperparameters handed to the operator; what ``torch.compile`` traces and ``make_fx``
+dispatcher (``_adam_cpp``, ...: the group's tensors and hyperparameters handed to the
+operator; what ``torch.compile`` traces and ``make_fx``
 records) and the operators' CPU implementations (``_adam_impl``, ...: the C++ call with
 the host scalars; what runs when the step or the compiled graph runs).
 
@@ -19,6 +19,9 @@ Step counters follow one protocol (``csrc/fused_apply.h``): the kernel reads the
 checks its operands, calls back here with the next step values for the step-dependent
 scalars (``_step_scalars``), and writes ``step + 1`` with the update. A step the kernel
 refuses, or one ``found_inf`` skips, changes nothing, so nothing is ever taken back.
+What the kernels do not take (sparse grads, tensors on another device, capturable) is
+refused when the step is planned (``accepts``): the plan runs those groups elsewhere, and
+``Optimizer.backends()`` says so; no update re-routes a group.
 
 Building and loading the extension (on first use, then cached) and the backend's
 availability are ``cpp_build.py``'s part.
@@ -48,7 +51,8 @@ def check_group(algorithm: str, group: dict, params: list, dtypes: frozenset | N
     """The cpp backend's plan-time check (before any param group is updated): a param
     dtype the kernels do not take is refused with an error naming the parameter. (torch's
     for-loop has no CPU kernels for those dtypes either: float8 params fail in its lerp/add.)
-    Non-CPU tensors and sparse grads are not refused: they run on the for-loop/foreach.
+    Non-CPU tensors and sparse grads are not refused: ``accepts`` plans them onto the
+    for-loop/foreach.
     ``dtypes``: the params' dtypes, when the caller has read them."""
     if not params or (dtypes is not None and _DTYPES.issuperset(dtypes)):
         return  # the usual case
@@ -96,7 +100,11 @@ def _skipped(found_inf) -> float:
 _SPARSE_GRADS = frozenset({"sgd", "adagrad"})  # the cpp algorithms whose torch classes take sparse grads
 
 
-def _fallback_reason(algorithm, group, params, grads) -> str | None:
+def accepts(algorithm, group, params, grads, any_sparse=None) -> str | None:
+    """The cpp backend's ``accepts`` (``_dispatch.register_accepts``, asked when the step is
+    planned): None, or what the kernels do not take (the plan then runs the for-loop, or
+    foreach for tensors on another device). ``any_sparse``: whether a grad is sparse, when
+    the plan has read it (``optimizer.plan_scan``)."""
     # Under torch.compile dynamo shows every param group of a torch.optim.Optimizer with
     # capturable=True (torch/_dynamo/variables/optimizer.py, _set_capturable): not the
     # user's flag. CPU params cannot be capturable in eager (refused when the step is
@@ -107,40 +115,23 @@ def _fallback_reason(algorithm, group, params, grads) -> str | None:
     # every step; what dynamo traces: a plain loop (it graph-breaks on map of attrgetter)
     if not torch.compiler.is_compiling():
         # (the other algorithms' plans refuse sparse grads before this runs)
-        if algorithm in _SPARSE_GRADS and any(map(_IS_SPARSE, grads)):
+        if algorithm in _SPARSE_GRADS and (any(map(_IS_SPARSE, grads)) if any_sparse is None
+                                           else any_sparse):
             return "sparse grads"
         if all(map(_IS_CPU, params)):  # (a grad is on its param's device: torch checks it)
             return None
     for g in grads:
         if g.is_sparse:
             return "sparse grads"
-        if not g.is_cpu:
-            return f"tensors on {g.device.type}"
+    for p in params:  # (also before any grad exists: Optimizer.backends())
+        if not p.is_cpu:
+            return f"tensors on {p.device.type}"
     return None
 
 
 _IS_SPARSE = operator.attrgetter("is_sparse")
 _IS_CPU = operator.attrgetter("is_cpu")
-
-
-def _run_elsewhere(algorithm, group, params, grads, state, grad_scale=None, found_inf=None) -> bool:
-    """Run cases the kernels do not cover (sparse grads, non-CPU tensors, capturable) on the
-    for-loop/foreach reference of the same algorithm; True if it did."""
-    why = _fallback_reason(algorithm, group, params, grads)
-    if why is None:
-        return False
-    if _skipped(found_inf):
-        return True
-    if grad_scale is not None:  # the fused contract: grads are unscaled in place
-        for g in grads:
-            g.div_(grad_scale.to(g.device))
-    backend = "forloop"
-    if why.startswith("tensors on") and "foreach" in _dispatch._KERNELS[algorithm]:
-        backend = "foreach"
-        _dispatch.warn_once(f"cpp-device:{algorithm}", f"optimlab: the cpp backend runs on CPU only "
-                            f"({why}); using {backend} for {algorithm}")
-    _dispatch.kernel(algorithm, backend)(group, params, grads, state)
-    return True
+_dispatch.register_accepts("cpp", accepts)
 
 
 def _by_dtype(params, *hparams) -> list:
@@ -183,19 +174,16 @@ def _step_scalars(fn):
 
 
 # ---- the updates: from a param group to one operator call -------------------------------------
-# What runs under torch.compile (traced by dynamo) and make_fx: the fallbacks to the
-# for-loop/foreach, and the operator's arguments read from the group (no host values of
+# What runs under torch.compile (traced by dynamo) and make_fx: the operator's arguments read from the group (no host values of
 # tensors, no extension call). Registered as the algorithm's cpp update; ``traceable`` tells
 # the base class to call it inside the compiled region (optimizer._fused_update).
 def _cpp_update(algorithm: str):
     """Register ``arguments(group, params, grads, state) -> the operator's arguments`` as
-    ``algorithm``'s cpp update: the fallbacks, then ``optimlab::<algorithm>_``."""
+    ``algorithm``'s cpp update: one call of ``optimlab::<algorithm>_``."""
 
     def wrap(arguments):
         @functools.wraps(arguments)
         def update(group, params, grads, state, grad_scale=None, found_inf=None):
-            if _run_elsewhere(algorithm, group, params, grads, state, grad_scale, found_inf):
-                return
             ops.call(algorithm, arguments(group, params, grads, state), grad_scale, found_inf)
 
         update.traceable = True
@@ -216,8 +204,6 @@ def _adam_cpp(group, params, grads, state):
 
 @_dispatch.register("sgd", "cpp")
 def _sgd_cpp(group, params, grads, state, grad_scale=None, found_inf=None):
-    if _run_elsewhere("sgd", group, params, grads, state, grad_scale, found_inf):
-        return
     momentum = group["momentum"]
     bufs, new = [], []
     if momentum != 0:

@@ -147,7 +147,23 @@ def _explicit(group: dict) -> bool:
     return bool(group.get("fused")) or _dispatch.env_backend() == "triton"
 
 
+def accepts(algorithm, group, params, grads, any_sparse=None) -> str | None:
+    """The triton backend's ``accepts`` (``_dispatch.register_accepts``, asked when the step is
+    planned): SGD's and Adagrad's sparse grads are not fused, so a group that has some runs
+    the for-loop reference (as torch does); everything else the kernels take, or
+    ``check_group`` refuses, naming the parameter. (A kernel that fails to compile is the
+    one thing known only when it runs: ``_run`` falls back then.)"""
+    if ALGORITHMS[algorithm].sparse != "forloop":
+        return None
+    if any_sparse is None:
+        any_sparse = (any(g.is_sparse for g in grads) if torch.compiler.is_compiling()
+                      else any(map(_IS_SPARSE, grads)))
+    return "sparse grads" if any_sparse else None
+
+
 def _fallback(algorithm, group, params, grads, state, grad_scale, found_inf):
+    """A kernel failed to compile (``_run``): the update runs on foreach (else the for-loop),
+    with AMP on the host, as ``Optimizer._apply`` runs a group planned off a fused backend."""
     name = "foreach" if "foreach" in _dispatch.backends_of(algorithm) else "forloop"
     from ._host import amp_on_host
 
@@ -176,15 +192,6 @@ def _run(algorithm, group, params, grads, state, grad_scale=None, found_inf=None
         return _fallback(algorithm, group, params, grads, state, grad_scale, found_inf)
 
 
-def _subset(fn, idx, group, params, grads, state):
-    """Run ``fn`` on the params ``idx`` only; state it creates is stored back."""
-    sub = {k: [v[i] for i in idx] for k, v in state.items()}
-    fn(group, [params[i] for i in idx], [grads[i] for i in idx], sub)
-    for k, v in sub.items():
-        for j, i in enumerate(idx):
-            state[k][i] = v[j]
-
-
 def _as_real(fn, group, params, grads, state):
     """Run ``fn`` on real views of complex params/grads/state; state ``fn`` creates for a
     complex param is stored back as complex."""
@@ -207,20 +214,8 @@ def _make_update(algorithm: str):
 
     def update(group, params, grads, state, grad_scale=None, found_inf=None):
         # (what dynamo traces: plain comprehensions there, it graph-breaks on map of attrgetter)
+        # (a group with sparse grads that are not fused never gets here: see ``accepts``)
         compiling = torch.compiler.is_compiling()
-        sparse = [g.is_sparse for g in grads] if compiling else list(map(_IS_SPARSE, grads))
-        if entry.sparse == "forloop" and any(sparse):
-            # sparse grads are not fused: the for-loop reference updates those params
-            with_sparse = [i for i, s in enumerate(sparse) if s]
-            dense = [i for i, s in enumerate(sparse) if not s]
-            from ._host import amp_on_host
-
-            if amp_on_host(grads, grad_scale, found_inf):  # skipped, or every grad unscaled
-                return
-            _subset(_dispatch.kernel(algorithm, "forloop"), with_sparse, group, params, grads, state)
-            if dense:
-                _subset(update, dense, group, params, grads, state)
-            return
         if any(p.is_complex() for p in params) if compiling else any(map(torch.Tensor.is_complex, params)):
             # the base views complex as real unless the class opts out (SGD, Adagrad): do it here
             return _as_real(
@@ -257,6 +252,7 @@ def _register() -> None:
         _dispatch.register(algorithm, "triton")(_make_update(algorithm))
     _ops.define(_run)
     _dispatch.register_availability("triton", available)
+    _dispatch.register_accepts("triton", accepts)
     _dispatch.register_check(
         "triton",
         lambda algorithm, group, params, dtypes=None: check_group(

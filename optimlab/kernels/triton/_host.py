@@ -133,7 +133,8 @@ def per_tensor(fn, steps, *args):
 
 
 def commit_steps(steps: list[Tensor], found_inf: Tensor | None, nxt=None, held: bool = False):
-    """``step += 1``, undone where AMP found an inf (as torch's fused optimizers do).
+    """``step += 1``, or ``step += 1 - found_inf`` with AMP: one write, nothing undone (a step
+    ``found_inf`` skips leaves the counters as they were; the C++ kernels' protocol too).
 
     ``nxt``: what :func:`next_steps` returned for these counters. CPU counters that all
     hold one value ``v`` (read then, or here) are written ``v + 1`` with one foreach copy
@@ -155,9 +156,10 @@ def commit_steps(steps: list[Tensor], found_inf: Tensor | None, nxt=None, held: 
                 return None
             dtypes = set(map(_DTYPE, steps))
             return src.to(dtypes.pop()).item() if len(dtypes) == 1 else None
-    foreach_increment(steps)
-    if found_inf is not None:
-        torch._foreach_sub_(steps, per_device(found_inf, steps, steps[0].dtype))
+    if found_inf is None:
+        foreach_increment(steps)
+    else:  # (found_inf is 0 or 1: the sum is exact)
+        torch._foreach_add_(steps, per_device(1 - found_inf, steps, steps[0].dtype))
     return None
 
 
