@@ -203,6 +203,8 @@ def _run_case(spec, backend, setup) -> str:
             return note
     elif ref[0] == "raise":
         note = f"torch and optimlab both raise {ref[1]}: torch: {ref[2]} / optimlab: {ours[2]}"
+    if setup == "fsdp2" and backend in ("cpp", "triton") and not spec.ours_cls.elementwise:
+        backend = "forloop"  # a whole-tensor update of sharded DTensors: planned on the for-loop
     _compare(ours, ref, backend)
     return note
 
