@@ -13,6 +13,16 @@ def like(x, ref: Tensor):
     return x.to(device=ref.device, dtype=ref.dtype) if isinstance(x, Tensor) else x
 
 
+def kernel_value(x, ref: Tensor):
+    """A hyperparameter as a fused kernel takes it: Python numbers pass through; a Tensor is
+    cast to ``ref``'s dtype (as the for-loop's ``like`` casts it) and kept on its device when
+    that is ``ref``'s or the CPU (one-element host tensors are read, not copied)."""
+    if isinstance(x, Tensor):
+        x = x.reshape(())
+        return x.to(dtype=ref.dtype) if x.device == ref.device or x.is_cpu else x.to(ref)
+    return x
+
+
 def scalar(x):
     """A 1-element Tensor hyperparameter as a 0-dim Tensor (numbers pass through)."""
     return _to_scalar(x)
@@ -30,3 +40,48 @@ def by_device_and_dtype(lists: list[list]) -> list[list[list]]:
     """Split parallel tensor lists into per-(device, dtype) buckets, as foreach ops need."""
     grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
     return [bucket for bucket, _ in grouped.values()]
+
+
+def signed_decayed_grads(grads, params, maximize: bool, weight_decay: float):
+    """Foreach ``g = -grad if maximize``; ``g = g + wd * p``, copying the grads at most once.
+
+    Returns ``(g, owned)``: ``owned`` tells whether ``g`` is a fresh copy the
+    caller may update in place (``False``: ``g`` is the grads themselves).
+    """
+    owned = maximize
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        if owned:
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            grads, owned = torch._foreach_add(grads, params, alpha=weight_decay), True
+    return grads, owned
+
+
+def complex_weight_decay(grad: Tensor, param: Tensor, weight_decay: float) -> Tensor:
+    """``grad + wd * param`` computed in the dtype the user's param has.
+
+    The base class hands updates ``view_as_real`` views of complex params; the
+    for-loops of torch's Adadelta, Adamax (and Adam, Adagrad, RMSprop) apply
+    weight decay before viewing as real, and complex ``add(alpha=)`` is not
+    bitwise equal to the real one, so complex params decay in complex here.
+    """
+    if param._base is not None and param._base.is_complex():  # a complex param seen as real
+        decayed = torch.view_as_complex(grad).add(torch.view_as_complex(param), alpha=weight_decay)
+        return torch.view_as_real(decayed)
+    return grad.add(param, alpha=weight_decay)
+
+
+def apply_weight_decay(group, lr, params, grads, foreach):
+    """Weight decay, coupled or decoupled (NAdam, RAdam): apply it (decoupled: to ``params`` in place; else returns new grads)."""
+    wd = group["weight_decay"]
+    if wd == 0:
+        return grads
+    if group["decoupled_weight_decay"]:
+        if foreach:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        else:
+            params.mul_(1 - lr * wd)
+        return grads
+    return torch._foreach_add(grads, params, alpha=wd) if foreach else grads.add(params, alpha=wd)

@@ -1,11 +1,8 @@
 """Adadelta (Zeiler, 2012).
 
 The update rule is in the docstring of :class:`Adadelta`. There is no per-step
-scalar math beyond ``lr``. Shared with Adamax and ASGD: :func:`signed_decayed_grads`,
-the foreach form of ``g = -grad; g += wd * p``, and :func:`complex_weight_decay`, the
-for-loop's ``g + wd * p`` taken in complex arithmetic for complex params (torch decays
-before ``view_as_real`` there, and complex ``add(alpha=)`` rounds differently from
-the real one).
+scalar math beyond ``lr``. The weight-decay helpers it shares with Adamax and ASGD
+(``signed_decayed_grads``, ``complex_weight_decay``) are in ``_common.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import by_device_and_dtype, foreach_increment
+from ._common import by_device_and_dtype, complex_weight_decay, foreach_increment, signed_decayed_grads
 from ._dispatch import register
 from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
@@ -21,37 +18,6 @@ from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
 __all__ = ["Adadelta"]
-
-
-def signed_decayed_grads(grads, params, maximize: bool, weight_decay: float):
-    """Foreach ``g = -grad if maximize``; ``g = g + wd * p``, copying the grads at most once.
-
-    Returns ``(g, owned)``: ``owned`` tells whether ``g`` is a fresh copy the
-    caller may update in place (``False``: ``g`` is the grads themselves).
-    """
-    owned = maximize
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        if owned:
-            torch._foreach_add_(grads, params, alpha=weight_decay)
-        else:
-            grads, owned = torch._foreach_add(grads, params, alpha=weight_decay), True
-    return grads, owned
-
-
-def complex_weight_decay(grad: Tensor, param: Tensor, weight_decay: float) -> Tensor:
-    """``grad + wd * param`` computed in the dtype the user's param has.
-
-    The base class hands updates ``view_as_real`` views of complex params; the
-    for-loops of torch's Adadelta, Adamax (and Adam, Adagrad, RMSprop) apply
-    weight decay before viewing as real, and complex ``add(alpha=)`` is not
-    bitwise equal to the real one, so complex params decay in complex here.
-    """
-    if param._base is not None and param._base.is_complex():  # a complex param seen as real
-        decayed = torch.view_as_complex(grad).add(torch.view_as_complex(param), alpha=weight_decay)
-        return torch.view_as_real(decayed)
-    return grad.add(param, alpha=weight_decay)
 
 
 @register("adadelta", "forloop")

@@ -1,8 +1,9 @@
 """Adam and AdamW (AdamW is Adam with ``decoupled_weight_decay=True``).
 
-The update rule is in the docstring of :class:`Adam`. Its scalars, ``step_size``
-and ``bc2_sqrt``, are computed once by :func:`adam_scalars` and shared by every
-backend.
+The update rule is in the docstring of :class:`Adam`. Its scalars are computed in one
+place: :func:`adam_scalars` (per step: ``step_size``, ``bc2_sqrt``), shared by every
+backend, and :func:`adam_group_scalars` (the group's constants, ``1 - beta1`` ...), the
+fused kernels' scalar arguments in their order.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import by_device_and_dtype, foreach_increment, like
+from ._common import by_device_and_dtype, foreach_increment, kernel_value, like
 from ._dispatch import register
 from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
-__all__ = ["Adam", "AdamW", "adam_scalars"]
+__all__ = ["Adam", "AdamW", "adam_scalars", "adam_group_scalars"]
 
 
 def adam_scalars(lr, beta1, beta2, step):
@@ -28,6 +29,17 @@ def adam_scalars(lr, beta1, beta2, step):
     # same gradient as torch's when differentiable)
     bc2_sqrt = bias_correction2.sqrt() if isinstance(bias_correction2, Tensor) else bias_correction2**0.5
     return lr / bias_correction1, bc2_sqrt
+
+
+def adam_group_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, ref: Tensor):
+    """The fused kernels' step-independent scalars, in the order the cpp kernel takes them
+    and the Triton scalar table holds them:
+    ``(1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay)``, ``decay = 1 - lr * wd``
+    with decoupled weight decay, else 1. Tensor betas are cast to ``ref``'s dtype first, as
+    the for-loop casts its lerp weight."""
+    b1, b2 = kernel_value(beta1, ref), kernel_value(beta2, ref)
+    decay = 1 - lr * weight_decay if decoupled and weight_decay != 0 else 1.0
+    return 1 - b1, b2, 1 - b2, eps, weight_decay, decay
 
 
 def _hparams(group):

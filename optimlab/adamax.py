@@ -15,7 +15,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
-from .adadelta import complex_weight_decay, signed_decayed_grads
+from ._common import complex_weight_decay, signed_decayed_grads
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 

@@ -25,7 +25,7 @@ from ._common import by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
-from .adadelta import signed_decayed_grads
+from ._common import signed_decayed_grads
 from .optimizer import Optimizer, _any_dtensor, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import by_device_and_dtype, foreach_increment
+from ._common import apply_weight_decay, by_device_and_dtype, foreach_increment
 from ._compat import _get_capturable_supported_devices
 from ._dispatch import register
 from ._docs import document
@@ -38,20 +38,6 @@ def nadam_scalars(lr, beta1, beta2, momentum_decay, step, mu_product, tensor_mat
     return 1 - beta2**step, grad_step, exp_avg_step
 
 
-def _weight_decay(group, lr, params, grads, foreach):
-    """Apply weight decay (decoupled: to ``params`` in place; else returns new grads)."""
-    wd = group["weight_decay"]
-    if wd == 0:
-        return grads
-    if group["decoupled_weight_decay"]:
-        if foreach:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        else:
-            params.mul_(1 - lr * wd)
-        return grads
-    return torch._foreach_add(grads, params, alpha=wd) if foreach else grads.add(params, alpha=wd)
-
-
 @register("nadam", "forloop")
 def _nadam_forloop(group, params, grads, state):
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
@@ -63,7 +49,7 @@ def _nadam_forloop(group, params, grads, state):
         exp_avg, exp_avg_sq, step_t = state["exp_avg"][i], state["exp_avg_sq"][i], state["step"][i]
         step_t += 1
         step = step_t if capturable else _get_value(step_t)
-        grad = _weight_decay(group, lr, param, grad, foreach=False)
+        grad = apply_weight_decay(group, lr, param, grad, foreach=False)
         bc2, grad_step, exp_avg_step = nadam_scalars(
             lr, beta1, beta2, md, step, state["mu_product"][i], tensor_math
         )
@@ -89,7 +75,7 @@ def _nadam_foreach(group, params, grads, state):
         if group["maximize"]:
             g = torch._foreach_neg(g)
         foreach_increment(steps)
-        g = _weight_decay(group, lr, p, g, foreach=True)
+        g = apply_weight_decay(group, lr, p, g, foreach=True)
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, 1 - beta2)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import by_device_and_dtype, foreach_increment
+from ._common import apply_weight_decay, by_device_and_dtype, foreach_increment
 from ._dispatch import register
 from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
-from .nadam import _weight_decay
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
@@ -62,7 +61,7 @@ def _radam_forloop(group, params, grads, state):
         exp_avg, exp_avg_sq, step_t = state["exp_avg"][i], state["exp_avg_sq"][i], state["step"][i]
         step_t += 1
         step = step_t if capturable else _get_value(step_t)
-        grad = _weight_decay(group, lr, param, grad, foreach=False)
+        grad = apply_weight_decay(group, lr, param, grad, foreach=False)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bc1, bc2_sqrt, rect, _, _ = radam_scalars(lr, beta1, beta2, step)
@@ -90,7 +89,7 @@ def _radam_foreach(group, params, grads, state):
         foreach_increment(steps)
         if group["maximize"]:
             g = torch._foreach_neg(g)
-        g = _weight_decay(group, lr, p, g, foreach=True)
+        g = apply_weight_decay(group, lr, p, g, foreach=True)
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, 1 - beta2)

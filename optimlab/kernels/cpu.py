@@ -289,19 +289,18 @@ def _rprop_cpp(group, params, grads, state):
 def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
                weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale=None,
                found_inf=None):
-    from ..adam import adam_scalars
+    from ..adam import adam_group_scalars, adam_scalars
 
     ext = load()
     lr, beta1, beta2, wd = _to_scalar(lr), _to_scalar(beta1), _to_scalar(beta2), weight_decay
     scalars = _step_scalars(lambda s: tuple(map(_value, adam_scalars(lr, beta1, beta2, s))))
     for idx in _by_dtype(params, lr, beta1, beta2, wd):
-        ref = params[idx[0]]
+        constants = adam_group_scalars(lr, beta1, beta2, eps, wd, decoupled_weight_decay, params[idx[0]])
         ext.adam(
             _pick(params, idx), _pick(grads, idx), _pick(exp_avgs, idx), _pick(exp_avg_sqs, idx),
             _pick(max_exp_avg_sqs, idx) if amsgrad else [], _pick(state_steps, idx), scalars,
-            _value(1 - _like(beta1, ref)), _value(_like(beta2, ref)), _value(1 - _like(beta2, ref)),
-            float(eps), _value(wd), _value(1 - lr * wd),
-            bool(decoupled_weight_decay), bool(amsgrad), bool(maximize), grad_scale, found_inf,
+            *map(_value, constants), bool(decoupled_weight_decay), bool(amsgrad), bool(maximize),
+            grad_scale, found_inf,
         )
 
 

@@ -9,7 +9,7 @@ from itertools import repeat
 import torch
 from torch import Tensor
 
-from ..._common import foreach_increment
+from ..._common import foreach_increment, kernel_value
 
 
 _DEVICE = operator.attrgetter("device")
@@ -165,11 +165,9 @@ def commit_steps(steps: list[Tensor], found_inf: Tensor | None, nxt=None, held: 
 
 def value(x, ref: Tensor | None = None):
     """A hyperparameter as the kernel's scalar table wants it: Python numbers pass
-    through; Tensors are cast like the for-loop casts them (``like(x, ref)``)."""
+    through; Tensors are cast like the for-loop casts them (``_common.kernel_value``)."""
     if isinstance(x, Tensor):
-        x = x.reshape(())
-        if ref is not None:
-            x = x.to(dtype=ref.dtype) if x.device == ref.device or x.is_cpu else x.to(ref)
+        return x.reshape(()) if ref is None else kernel_value(x, ref)
     return x
 
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...adam import adam_scalars
+from ...adam import adam_group_scalars, adam_scalars
 from ...optimizer import _to_scalar
 from . import _helpers as h
 from ._elementwise import Kernel
@@ -53,33 +53,28 @@ def _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay,
 @triton.jit
 def _adam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
-    neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
-    return w1, beta2, omb2, eps, wd, decay, neg_step_size, bc2_sqrt
+    return w1, beta2, omb2, eps, wd, decay, step_size, bc2_sqrt
 
 
 @triton.jit
 def _adam(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
           WD_MODE: tl.constexpr, AMSGRAD: tl.constexpr, _F2: tl.constexpr):
     """m, v as :func:`_moments`; amsgrad: v = max(v_max, v) (stored);
-    p += -step_size * m / (sqrt(v) / sqrt(bias_correction2) + eps)."""
+    p -= step_size * m / (sqrt(v) / sqrt(bias_correction2) + eps)."""
     pp, _, mp, vp, vmaxp = ptrs
-    w1, beta2, omb2, eps, wd, decay, neg_step_size, bc2_sqrt = sc
+    w1, beta2, omb2, eps, wd, decay, step_size, bc2_sqrt = sc
     p, g, m, v = _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay, WD_MODE, ACC64)
     if AMSGRAD:
         v = tl.maximum(h.load(vmaxp, offs, mask, ACC64), v)
         h.store(vmaxp, offs, v, mask)
     denom = h.div(h.sqrt(v, ACC64), bc2_sqrt, ACC64) + eps
-    p = p + neg_step_size * h.div(m, denom, ACC64)
+    p = p - step_size * h.div(m, denom, ACC64)
     h.store(pp, offs, p, mask)
 
 
 _adam_kernel = Kernel("adam", _adam, _adam_scalars)
-
-
-def _neg_adam_scalars(lr, beta1, beta2, step):
-    step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, step)
-    return -step_size, bc2_sqrt
 
 
 def _wd_mode(group) -> int:
@@ -91,18 +86,14 @@ def _wd_mode(group) -> int:
 def adam(group, params, grads, state, grad_scale=None, found_inf=None):
     lr = _to_scalar(group["lr"])
     beta1, beta2 = (_to_scalar(b) for b in group["betas"])
-    wd, amsgrad = group["weight_decay"], group["amsgrad"]
-    steps = state["step"]
-    ref = params[0]
-    b1, b2 = value(beta1, ref), value(beta2, ref)
+    amsgrad, steps = group["amsgrad"], state["step"]
     nxt = next_steps(steps, group["capturable"])
-    columns = per_tensor(_neg_adam_scalars, nxt, lr, beta1, beta2)
-    decay = 1 - lr * wd if wd != 0 and group.get("decoupled_weight_decay") else 1.0
-    group_scalars = [1 - b1, b2, 1 - b2, group["eps"], wd, decay]
     roles = [params, grads, state["exp_avg"], state["exp_avg_sq"],
              state["max_exp_avg_sq"] if amsgrad else None]
     launch(
-        _adam_kernel, roles, group_scalars=group_scalars, columns=columns,
+        _adam_kernel, roles, columns=per_tensor(adam_scalars, nxt, lr, beta1, beta2),
+        group_scalars=list(adam_group_scalars(lr, beta1, beta2, group["eps"], group["weight_decay"],
+                                              group.get("decoupled_weight_decay"), params[0])),
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group), AMSGRAD=bool(amsgrad),
     )
