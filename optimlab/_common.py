@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
+
 import torch
 from torch import Tensor
 
 from .optimizer import Optimizer, _to_scalar
+
+
+_DEVICE = operator.attrgetter("device")
 
 
 def like(x, ref: Tensor):
@@ -26,6 +32,44 @@ def kernel_value(x, ref: Tensor):
 def scalar(x):
     """A 1-element Tensor hyperparameter as a 0-dim Tensor (numbers pass through)."""
     return _to_scalar(x)
+
+
+def per_device(x: Tensor, tensors: list[Tensor], dtype=None) -> list[Tensor]:
+    """``x`` (a one-element tensor) on the device of each of ``tensors`` (one copy per
+    device), e.g. ``found_inf`` for step counters spread over several GPUs."""
+    dtype = dtype if dtype is not None else x.dtype
+    devices = set(map(_DEVICE, tensors))
+    if len(devices) == 1:
+        return [x.to(device=devices.pop(), dtype=dtype)] * len(tensors)
+    copies: dict = {}
+    out = []
+    for t in tensors:
+        d = t.device
+        c = copies.get(d)
+        if c is None:
+            c = copies[d] = x.to(device=d, dtype=dtype)
+        out.append(c)
+    return out
+
+
+def amp_on_host(grads: list[Tensor], grad_scale: Tensor | None, found_inf: Tensor | None) -> bool:
+    """AMP for updates that unscale on the host (SparseAdam, Adafactor, Muon, and any group
+    the plan put off its fused backend: ``Optimizer._apply``): True when
+    ``found_inf`` says the step is skipped (nothing may change, not even a step counter);
+    else the grads are divided by ``grad_scale`` in place (as torch's fused optimizers
+    leave them: unscaled), sparse grads through their values."""
+    if found_inf is not None and float(found_inf) != 0:
+        return True
+    if grad_scale is not None:
+        dense = [g for g in grads if not g.is_sparse]
+        if dense:
+            scales = per_device(grad_scale, dense)
+            same = all(map(operator.is_, scales, repeat(scales[0])))
+            torch._foreach_div_(dense, scales[0] if same else scales)
+        for g in grads:
+            if g.is_sparse:
+                g._values().div_(grad_scale.to(g.device))
+    return False
 
 
 def foreach_increment(steps: list[Tensor]) -> None:

@@ -473,7 +473,7 @@ class Optimizer(torch.optim.Optimizer):
         elif grad_scale is None and found_inf is None:
             update(group, params, grads, states)
         else:  # a group planned off the fused backend (or fused=False): the same contract
-            from .kernels.triton._host import amp_on_host  # (imports no Triton)
+            from ._common import amp_on_host
 
             if amp_on_host(grads, grad_scale, found_inf):  # skipped: nothing changes
                 return
