@@ -326,6 +326,41 @@ def test_compile_failure_falls_back_on_default_path(monkeypatch):
         update(group, ours, [ours[0].grad], st)
 
 
+def test_compile_failure_fallback_initialises_new_momentum_buffers(monkeypatch):
+    """SGD's first step with momentum: the buffers the Triton update creates (uninitialised,
+    for its kernel to fill) are the fallback's to fill when the kernel fails to compile,
+    in eager code and inside the operator (make_fx), as torch creates them (a copy of the
+    decayed grad)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from optimlab.kernels.triton import sgd_family
+
+    monkeypatch.setattr(sgd_family, "sgd", _compile_fails)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    for traced in (False, True):
+        tensors = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+        ours, o_opt, ref, r_opt = _pair("SGD", tensors, momentum=0.9, weight_decay=0.1)
+        for p, g in zip(ours + ref, random_grads(ours, 0) * 2):
+            p.grad = g
+        update = _dispatch.kernel("sgd", "triton")
+        group = o_opt.param_groups[0]
+        st = {"momentum_buffer": [None, None]}  # noqa: B023 (step runs within the iteration)
+        grads = [p.grad for p in ours]
+
+        def step(params, grads):
+            update(group, params, grads, st)
+
+        with pytest.warns(UserWarning, match="falling back"), torch.no_grad():
+            if traced:  # the operator's implementation runs the fallback on its own list
+                make_fx(step)(ours, grads)
+            else:
+                step(ours, grads)
+        r_opt.step()
+        for p, buf in zip(ref, st["momentum_buffer"]):
+            torch.testing.assert_close(buf, r_opt.state[p]["momentum_buffer"], rtol=1e-12, atol=0)
+        monkeypatch.setattr(_dispatch, "_warned", set())
+
+
 # ---- bad inputs --------------------------------------------------------------------------
 def test_params_on_two_devices_raise_before_any_update(triton_env):
     good = torch.nn.Parameter(torch.randn(3))

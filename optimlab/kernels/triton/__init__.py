@@ -20,6 +20,7 @@ import os
 import torch
 
 from ... import _dispatch
+from ..._common import amp_on_host
 from ..._compat import assume_constant_result, tracing
 
 __all__ = [
@@ -161,15 +162,26 @@ def accepts(algorithm, group, params, grads, any_sparse=None) -> str | None:
     return "sparse grads" if any_sparse else None
 
 
-def _fallback(algorithm, group, params, grads, state, grad_scale, found_inf):
+def _fallback(algorithm, group, params, grads, state, grad_scale, found_inf, fresh=()):
     """A kernel failed to compile (``_run``): the update runs on foreach (else the for-loop),
-    with AMP on the host, as ``Optimizer._apply`` runs a group planned off a fused backend."""
+    with AMP on the host, as ``Optimizer._apply`` runs a group planned off a fused backend.
+    ``fresh``: the state entries made, uninitialised, for the kernel to fill (SGD's new
+    momentum buffers): the fallback creates them as torch does, and they are filled with
+    that in place (the operator's caller holds them)."""
     name = "foreach" if "foreach" in _dispatch.backends_of(algorithm) else "forloop"
-    from ._host import amp_on_host
-
     if amp_on_host(grads, grad_scale, found_inf):
         return
-    return _dispatch.kernel(algorithm, name)(group, params, grads, state)
+    held = {}
+    if fresh:
+        key = ALGORITHMS[algorithm].fresh
+        made = list(state[key])
+        held = {i: made[i] for i in fresh}
+        for i in fresh:
+            made[i] = None
+        state = {**state, key: made}
+    _dispatch.kernel(algorithm, name)(group, params, grads, state)
+    for i, buf in held.items():
+        buf.copy_(state[key][i])
 
 
 def _run(algorithm, group, params, grads, state, grad_scale=None, found_inf=None, **extra):
@@ -189,7 +201,7 @@ def _run(algorithm, group, params, grads, state, grad_scale=None, found_inf=None
             f"optimlab {algorithm}: the Triton kernel failed to compile ({e}); "
             "falling back to the foreach backend",
         )
-        return _fallback(algorithm, group, params, grads, state, grad_scale, found_inf)
+        return _fallback(algorithm, group, params, grads, state, grad_scale, found_inf, **extra)
 
 
 def _as_real(fn, group, params, grads, state):
