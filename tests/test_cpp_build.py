@@ -300,11 +300,12 @@ def test_no_build_when_the_backend_is_not_cpp(tmp_path):
     assert list(tmp_path.glob("cpu-*")) == [] and "compiling" not in run.stderr
 
 
-def test_import_neither_builds_nor_imports_triton(tmp_path):
-    code = ("import sys, optimlab\n"
+def test_import_builds_nothing(tmp_path):
+    # (that it imports no triton: test_drop_in's test_import_does_not_import_dynamo_or_triton)
+    code = ("import optimlab\n"
             "from optimlab.kernels import cpp_build\n"
-            "print('triton' in sys.modules, cpp_build._module is None, cpp_build._checked)\n")
+            "print(cpp_build._module is None, cpp_build._checked)\n")
     env = dict(os.environ, OPTIMLAB_CACHE_DIR=str(tmp_path))
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["False", "True", "False"]
+    assert run.stdout.split() == ["True", "False"]
