@@ -1,11 +1,12 @@
-// Adadelta: no per-step scalar beyond lr.
+// Adadelta: no per-step scalar; its scalars (lr, rho, 1 - rho, ...) are
+// optimlab.adadelta.adadelta_group_scalars'.
 #include "kernels.h"
 
 namespace optimlab {
 namespace {
 
 struct AdadeltaOp {
-  double lr, rho, eps, weight_decay;
+  double lr, rho, one_minus_rho, eps, weight_decay;
   bool maximize;
 
   template <class T>
@@ -15,7 +16,7 @@ struct AdadeltaOp {
     const T* g = x[1];
     T* v = x[2];
     T* u = x[3];
-    const V wd = math::splat<T>(weight_decay), r = math::splat<T>(rho), omr = math::splat<T>(1 - rho);
+    const V wd = math::splat<T>(weight_decay), r = math::splat<T>(rho), omr = math::splat<T>(one_minus_rho);
     const V e = math::splat<T>(eps), neg_lr = math::splat<T>(-lr);
     const bool decay = weight_decay != 0;
     math::for_each_vector<T>(n, [&](int64_t j, int64_t c) {
@@ -34,9 +35,10 @@ struct AdadeltaOp {
 }  // namespace
 
 void adadelta(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-              const TensorList& acc_deltas, const TensorList& state_steps, double lr, double rho, double eps,
-              double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  const AdadeltaOp op{lr, rho, eps, weight_decay, maximize};
+              const TensorList& acc_deltas, const TensorList& state_steps, double lr, double rho,
+              double one_minus_rho, double eps, double weight_decay, bool maximize, const OptTensor& grad_scale,
+              const OptTensor& found_inf) {
+  const AdadeltaOp op{lr, rho, one_minus_rho, eps, weight_decay, maximize};
   fused_step("adadelta", op, {{&params, true}, {&grads, false}, {&square_avgs, true}, {&acc_deltas, true}},
              state_steps, read_amp(grad_scale, found_inf));
 }

@@ -51,7 +51,7 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
 
 void sgd(const TensorList& params, const TensorList& grads, const TensorList& momentum_buffers,
          const std::vector<bool>& first_step, double lr, double weight_decay, double momentum,
-         double dampening, bool nesterov, bool maximize, const OptTensor& grad_scale,
+         double one_minus_dampening, bool nesterov, bool maximize, const OptTensor& grad_scale,
          const OptTensor& found_inf);
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
@@ -59,8 +59,9 @@ void adagrad(const TensorList& params, const TensorList& grads, const TensorList
              bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void adadelta(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-              const TensorList& acc_deltas, const TensorList& state_steps, double lr, double rho, double eps,
-              double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+              const TensorList& acc_deltas, const TensorList& state_steps, double lr, double rho,
+              double one_minus_rho, double eps, double weight_decay, bool maximize, const OptTensor& grad_scale,
+              const OptTensor& found_inf);
 
 void adamax(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
             const TensorList& exp_infs, const TensorList& state_steps, const StepScalars& step_scalars,
@@ -85,8 +86,8 @@ void radam(const TensorList& params, const TensorList& grads, const TensorList& 
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
              const TensorList& momentum_buffers, const TensorList& grad_avgs, const TensorList& state_steps,
-             double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-             bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
+             double lr, double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
+             bool centered, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void rprop(const TensorList& params, const TensorList& grads, const TensorList& prevs,
            const TensorList& step_sizes, const TensorList& state_steps, double etaminus, double etaplus,

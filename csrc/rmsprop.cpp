@@ -1,11 +1,12 @@
-// RMSprop, optionally centered and with momentum; the only scalar is lr.
+// RMSprop, optionally centered and with momentum; its scalars (lr, alpha, 1 - alpha, ...) are
+// optimlab.rmsprop.rmsprop_group_scalars'.
 #include "kernels.h"
 
 namespace optimlab {
 namespace {
 
 struct RmspropOp {
-  double lr, alpha, eps, weight_decay, momentum;
+  double lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
   bool centered, maximize;
 
   template <class T>
@@ -16,10 +17,10 @@ struct RmspropOp {
     T* v = x[2];
     T* buf = x[3];
     T* gavg = x[4];
-    const V wd = math::splat<T>(weight_decay), a = math::splat<T>(alpha), oma = math::splat<T>(1 - alpha);
+    const V wd = math::splat<T>(weight_decay), a = math::splat<T>(alpha), oma = math::splat<T>(one_minus_alpha);
     const V e = math::splat<T>(eps), mom = math::splat<T>(momentum), neg_lr = math::splat<T>(-lr);
     const V minus_one(T(-1)), one(T(1));
-    const T w = static_cast<T>(1 - alpha);
+    const T w = static_cast<T>(one_minus_alpha);
     const bool decay = weight_decay != 0, use_momentum = momentum > 0;
     math::for_each_vector<T>(n, [&](int64_t j, int64_t c) {
       const V pv = math::ld(p + j, c);
@@ -49,12 +50,12 @@ struct RmspropOp {
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
              const TensorList& momentum_buffers, const TensorList& grad_avgs, const TensorList& state_steps,
-             double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-             bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
+             double lr, double alpha, double one_minus_alpha, double eps, double weight_decay, double momentum,
+             bool centered, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
   const bool use_momentum = momentum > 0;
   TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "rmsprop: momentum needs buffers");
   TORCH_CHECK(!centered || grad_avgs.size() == params.size(), "rmsprop: centered needs grad_avgs");
-  const RmspropOp op{lr, alpha, eps, weight_decay, momentum, centered, maximize};
+  const RmspropOp op{lr, alpha, one_minus_alpha, eps, weight_decay, momentum, centered, maximize};
   fused_step("rmsprop", op,
              {{&params, true},
               {&grads, false},

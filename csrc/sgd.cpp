@@ -1,4 +1,5 @@
-// SGD with optional (Nesterov) momentum and dampening.
+// SGD with optional (Nesterov) momentum and dampening; its scalars (lr, weight_decay, momentum,
+// 1 - dampening) are optimlab.sgd.sgd_group_scalars'.
 #include "kernels.h"
 
 namespace optimlab {
@@ -6,7 +7,7 @@ namespace {
 
 struct SgdOp {
   const std::vector<bool>& first_step;  // the momentum buffer is new: it becomes a copy of g
-  double lr, weight_decay, momentum, dampening;
+  double lr, weight_decay, momentum, one_minus_dampening;
   bool nesterov, maximize;
 
   template <class T>
@@ -16,7 +17,7 @@ struct SgdOp {
     const T* g = x[1];
     T* buf = x[2];
     const V wd = math::splat<T>(weight_decay), mom = math::splat<T>(momentum);
-    const V keep = math::splat<T>(1 - dampening), neg_lr = math::splat<T>(-lr);
+    const V keep = math::splat<T>(one_minus_dampening), neg_lr = math::splat<T>(-lr);
     const bool decay = weight_decay != 0, use_momentum = momentum != 0, first = use_momentum && first_step[i];
     math::for_each_vector<T>(n, [&](int64_t j, int64_t c) {
       const V pv = math::ld(p + j, c);
@@ -35,12 +36,12 @@ struct SgdOp {
 
 void sgd(const TensorList& params, const TensorList& grads, const TensorList& momentum_buffers,
          const std::vector<bool>& first_step, double lr, double weight_decay, double momentum,
-         double dampening, bool nesterov, bool maximize, const OptTensor& grad_scale,
+         double one_minus_dampening, bool nesterov, bool maximize, const OptTensor& grad_scale,
          const OptTensor& found_inf) {
   const bool use_momentum = momentum != 0;
   TORCH_CHECK(!use_momentum || (momentum_buffers.size() == params.size() && first_step.size() == params.size()),
               "sgd: momentum needs one buffer and one first_step flag per param");
-  const SgdOp op{first_step, lr, weight_decay, momentum, dampening, nesterov, maximize};
+  const SgdOp op{first_step, lr, weight_decay, momentum, one_minus_dampening, nesterov, maximize};
   fused_apply("sgd", op, {{&params, true}, {&grads, false}, {use_momentum ? &momentum_buffers : nullptr, true}},
               read_amp(grad_scale, found_inf));
 }

@@ -1,7 +1,8 @@
 """Adadelta (Zeiler, 2012).
 
 The update rule is in the docstring of :class:`Adadelta`. There is no per-step
-scalar math beyond ``lr``. The weight-decay helpers it shares with Adamax and ASGD
+scalar: the fused kernels' scalars are the group's constants, computed once by
+:func:`adadelta_group_scalars`. The weight-decay helpers it shares with Adamax and ASGD
 (``signed_decayed_grads``, ``complex_weight_decay``) are in ``_common.py``.
 """
 
@@ -17,7 +18,15 @@ from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["Adadelta"]
+__all__ = ["Adadelta", "adadelta_group_scalars"]
+
+
+def adadelta_group_scalars(lr, rho, eps, weight_decay):
+    """The fused kernels' scalars, in the cpp kernel's argument order and the Triton table's:
+    ``(lr, rho, 1 - rho, eps, weight_decay)`` (the kernels step ``p -= lr * delta``). Tensor
+    hyperparameters are not cast to the param's dtype (the for-loop passes them as Python
+    numbers)."""
+    return lr, rho, 1 - rho, eps, weight_decay
 
 
 @register("adadelta", "forloop")

@@ -3,8 +3,9 @@
 The update rule is in the docstring of :class:`ASGD`. ``eta`` and ``mu`` are
 per-param 0-dim tensors of the default scalar dtype on the param's device, as are
 ``step``. They come from :func:`asgd_eta` and :func:`asgd_mu`, shared by every
-backend. Mirroring torch, the for-loop evaluates them on Python floats (``t`` taken
-with ``.item()``) and stores them as :func:`asgd_next` does (through
+backend (the fused kernels' group constants: :func:`asgd_group_scalars`). Mirroring
+torch, the for-loop evaluates them on Python floats (``t`` taken with ``.item()``) and
+stores them as :func:`asgd_next` does (through
 ``torch.as_tensor``: rounded to the default dtype, even into the float64 state
 ``load_state_dict`` makes for float64 params); the fused backends store exactly these
 values. The foreach backend evaluates ``eta`` on the step tensor (in its dtype) and
@@ -29,7 +30,14 @@ from ._common import signed_decayed_grads
 from .optimizer import Optimizer, _any_dtensor, _get_scalar_dtype, _get_value, _to_scalar, zeros_like
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["ASGD", "asgd_decay", "asgd_eta", "asgd_mu", "asgd_next"]
+__all__ = ["ASGD", "asgd_decay", "asgd_eta", "asgd_group_scalars", "asgd_mu", "asgd_next"]
+
+
+def asgd_group_scalars(lambd, weight_decay):
+    """The fused kernels' group constants, in the cpp kernel's argument order and the Triton
+    table's: ``(lambd, weight_decay)``, as the group holds them (the per-tensor ``eta``,
+    ``mu`` are the state's, :func:`asgd_next`; the param's decay is :func:`asgd_decay`)."""
+    return lambd, weight_decay
 
 
 def asgd_decay(lambd, eta):

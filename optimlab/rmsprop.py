@@ -1,9 +1,9 @@
 """RMSprop (Hinton's lecture notes; centered variant from Graves, 2013).
 
 The update rule is in the docstring of :class:`RMSprop`. There is no bias
-correction, so the only scalar is ``lr``. ``step`` is counted but unused by the
-update (as in torch). Complex params are updated as pairs of real numbers
-(``view_as_real``).
+correction: the fused kernels' scalars are the group's constants, computed once by
+:func:`rmsprop_group_scalars`. ``step`` is counted but unused by the update (as in
+torch). Complex params are updated as pairs of real numbers (``view_as_real``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["RMSprop"]
+__all__ = ["RMSprop", "rmsprop_group_scalars"]
+
+
+def rmsprop_group_scalars(lr, alpha, eps, weight_decay, momentum):
+    """The fused kernels' scalars, in the cpp kernel's argument order and the Triton table's:
+    ``(lr, alpha, 1 - alpha, eps, weight_decay, momentum)`` (the kernels step ``p -= lr *
+    ...``). Tensor hyperparameters are not cast to the param's dtype (the for-loop passes
+    them as Python numbers)."""
+    return lr, alpha, 1 - alpha, eps, weight_decay, momentum
 
 
 def _keys(momentum, centered) -> tuple[str, ...]:

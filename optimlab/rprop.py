@@ -2,7 +2,8 @@
 
 The update rule is in the docstring of :class:`Rprop`. ``step_size`` starts at
 ``lr`` (``lr + lr*1j`` for complex params, whose real and imaginary parts are
-independent real numbers under ``view_as_real``).
+independent real numbers under ``view_as_real``). The fused kernels' scalars are the
+group's constants, as :func:`rprop_group_scalars` orders them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar, step_tensor, zeros_like
 from ._validation import check_lr
 
-__all__ = ["Rprop"]
+__all__ = ["Rprop", "rprop_group_scalars"]
+
+
+def rprop_group_scalars(etaminus, etaplus, step_size_min, step_size_max):
+    """The fused kernels' scalars, in the cpp kernel's argument order and the Triton table's:
+    ``(etaminus, etaplus, step_size_min, step_size_max)``, as the group holds them."""
+    return etaminus, etaplus, step_size_min, step_size_max
 
 
 def _factors(sign: Tensor, etaminus: float, etaplus: float) -> Tensor:

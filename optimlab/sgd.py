@@ -5,7 +5,8 @@ lazily on the first step, and only when ``momentum != 0`` (otherwise the state s
 empty, as in torch). Complex params are updated directly (the update is linear, as
 torch does it), and sparse grads are accepted: the foreach backend updates a bucket
 that holds sparse grads tensor by tensor, as torch does. ``fused=True`` is validated
-as torch validates it and runs the cpp (CPU) or triton (CUDA) backend.
+as torch validates it and runs the cpp (CPU) or triton (CUDA) backend. The fused kernels'
+scalars are computed once, by :func:`sgd_group_scalars`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _to_scalar
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "sgd_group_scalars"]
+
+
+def sgd_group_scalars(lr, weight_decay, momentum, dampening):
+    """The fused kernels' scalars, in the cpp kernel's argument order and the Triton table's:
+    ``(lr, weight_decay, momentum, 1 - dampening)`` (the kernels step ``p -= lr * g``).
+    Tensor hyperparameters are not cast to the param's dtype (the for-loop passes them as
+    ``alpha=``, a Python number)."""
+    return lr, weight_decay, momentum, 1 - dampening
 
 
 def _weight_decayed(grad, param, wd):

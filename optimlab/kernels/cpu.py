@@ -6,7 +6,9 @@ tensor. They only do the elementwise update: every scalar (step sizes, bias
 corrections, ...) is computed here, on the host, by the algorithm's own shared
 Python function (``adam_scalars``, ``nadam_scalars``, ``radam_scalars``,
 ``adagrad_clr``, ``adamax_bias_correction``, ``asgd_eta``/``asgd_mu`` (stored as
-``asgd_next`` rounds them)), exactly as the for-loop backend computes it.
+``asgd_next`` rounds them)), exactly as the for-loop backend computes it; the group's
+constants (``1 - beta1``, ``1 - rho``, ...) by its ``<algorithm>_group_scalars``, in the
+kernel's argument order, passed on as they come.
 
 Each kernel is a torch operator, ``torch.ops.optimlab.<algorithm>_`` (defined in
 ``ops.py``). This module holds both sides of it: the updates registered with the
@@ -307,6 +309,8 @@ def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
 @ops.cpu_impl("sgd")
 def _sgd_impl(params, grads, momentum_buffers, new_momentum_buffers, lr, weight_decay, momentum,
               dampening, nesterov, maximize, grad_scale=None, found_inf=None):
+    from ..sgd import sgd_group_scalars
+
     ext = load()
     if _skipped(found_inf):
         return
@@ -314,8 +318,8 @@ def _sgd_impl(params, grads, momentum_buffers, new_momentum_buffers, lr, weight_
     ext.sgd(
         *_real(params, grads, momentum_buffers if momentum != 0 else []),
         new_momentum_buffers if momentum != 0 else [],
-        _value(_to_scalar(lr)), _value(weight_decay), momentum, _value(dampening), bool(nesterov),
-        bool(maximize), grad_scale, found_inf,
+        *map(_value, sgd_group_scalars(_to_scalar(lr), weight_decay, momentum, dampening)),
+        bool(nesterov), bool(maximize), grad_scale, found_inf,
     )
 
 
@@ -336,9 +340,12 @@ def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_d
 @ops.cpu_impl("adadelta")
 def _adadelta_impl(params, grads, square_avgs, acc_deltas, state_steps, lr, rho, eps, weight_decay,
                    maximize, grad_scale=None, found_inf=None):
+    from ..adadelta import adadelta_group_scalars
+
     load().adadelta(
-        params, grads, square_avgs, acc_deltas, state_steps, _value(_to_scalar(lr)), _value(rho),
-        float(eps), _value(weight_decay), bool(maximize), grad_scale, found_inf,
+        params, grads, square_avgs, acc_deltas, state_steps,
+        *map(_value, adadelta_group_scalars(_to_scalar(lr), rho, eps, weight_decay)),
+        bool(maximize), grad_scale, found_inf,
     )
 
 
@@ -360,7 +367,7 @@ def _adamax_impl(params, grads, exp_avgs, exp_infs, state_steps, lr, beta1, beta
 @ops.cpu_impl("asgd")
 def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0, weight_decay, maximize,
                grad_scale=None, found_inf=None):
-    from ..asgd import asgd_next
+    from ..asgd import asgd_group_scalars, asgd_next
 
     ext = load()
     if _skipped(found_inf):
@@ -376,7 +383,7 @@ def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0,
 
     ext.asgd(
         params, grads, axs, state_steps, next_eta_mu, ext.read_scalars(etas), ext.read_scalars(mus),
-        _value(lambd), _value(weight_decay), bool(maximize), grad_scale, found_inf,
+        *map(_value, asgd_group_scalars(lambd, weight_decay)), bool(maximize), grad_scale, found_inf,
     )
     if new:  # (the kernel stepped)
         ext.write_scalars(etas, [eta for eta, _ in new])
@@ -444,20 +451,26 @@ def _radam_impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, be
 @ops.cpu_impl("rmsprop")
 def _rmsprop_impl(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps,
                   weight_decay, momentum, centered, maximize, grad_scale=None, found_inf=None):
+    from ..rmsprop import rmsprop_group_scalars
+
     momentum, centered = _value(momentum), bool(centered)
     load().rmsprop(
         params, grads, square_avgs, momentum_buffers if momentum > 0 else [],
-        grad_avgs if centered else [], state_steps, _value(_to_scalar(lr)), _value(alpha), float(eps),
-        _value(weight_decay), momentum, centered, bool(maximize), grad_scale, found_inf,
+        grad_avgs if centered else [], state_steps,
+        *map(_value, rmsprop_group_scalars(_to_scalar(lr), alpha, eps, weight_decay, momentum)),
+        centered, bool(maximize), grad_scale, found_inf,
     )
 
 
 @ops.cpu_impl("rprop")
 def _rprop_impl(params, grads, prevs, step_sizes, state_steps, etaminus, etaplus, step_size_min,
                 step_size_max, maximize, grad_scale=None, found_inf=None):
+    from ..rprop import rprop_group_scalars
+
     load().rprop(
-        params, grads, prevs, step_sizes, state_steps, _value(etaminus), _value(etaplus),
-        _value(step_size_min), _value(step_size_max), bool(maximize), grad_scale, found_inf,
+        params, grads, prevs, step_sizes, state_steps,
+        *map(_value, rprop_group_scalars(etaminus, etaplus, step_size_min, step_size_max)),
+        bool(maximize), grad_scale, found_inf,
     )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...adadelta import adadelta_group_scalars
 from ...optimizer import _to_scalar
+from ...rmsprop import rmsprop_group_scalars
 from . import _helpers as h
 from ._elementwise import Kernel
 from ._host import commit_steps, next_steps, per_tensor, value
@@ -60,13 +62,14 @@ def adagrad(group, params, grads, state, grad_scale=None, found_inf=None):
 
 @triton.jit
 def _rmsprop_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    neg_lr = h.scalar(stab, 0, ACC64)
+    # rmsprop_group_scalars
+    lr = h.scalar(stab, 0, ACC64)
     alpha = h.scalar(stab, 1, ACC64)
     one_minus_alpha = h.scalar(stab, 2, ACC64)
     eps = h.scalar(stab, 3, ACC64)
     wd = h.scalar(stab, 4, ACC64)
     momentum = h.scalar(stab, 5, ACC64)
-    return neg_lr, alpha, one_minus_alpha, eps, wd, momentum
+    return lr, alpha, one_minus_alpha, eps, wd, momentum
 
 
 @triton.jit
@@ -74,9 +77,9 @@ def _rmsprop(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
              HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, CENTERED: tl.constexpr):
     """g += wd * p; v = alpha * v + (1 - alpha) * g^2; avg = sqrt(v - gavg^2) + eps with
     gavg = lerp(gavg, g, 1 - alpha) (centered), else sqrt(v) + eps; with momentum
-    b = momentum * b + g / avg, p += -lr * b, else p += -lr * g / avg."""
+    b = momentum * b + g / avg, p -= lr * b, else p -= lr * g / avg."""
     pp, _, vp, bp, gavgp = ptrs
-    neg_lr, alpha, one_minus_alpha, eps, wd, momentum = sc
+    lr, alpha, one_minus_alpha, eps, wd, momentum = sc
     p = h.load(pp, offs, mask, ACC64)
     # Rounded op by op as torch's for-loop: add(alpha=)/addcmul are one fused
     # multiply-add in torch's kernels, addcdiv is ``self + (value * t1) / t2``.
@@ -94,9 +97,9 @@ def _rmsprop(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
     if MOMENTUM:
         b = h.load(bp, offs, mask, ACC64) * momentum + h.div(g, avg, ACC64)
         h.store(bp, offs, b, mask)
-        p = tl.fma(neg_lr + tl.zeros_like(b), b, p)  # param.add_(buf, alpha=-lr)
+        p = tl.fma(-lr + tl.zeros_like(b), b, p)  # param.add_(buf, alpha=-lr)
     else:
-        p = p + h.div(neg_lr * g, avg, ACC64)  # param.addcdiv_(grad, avg, value=-lr)
+        p = p - h.div(lr * g, avg, ACC64)  # param.addcdiv_(grad, avg, value=-lr)
     h.store(pp, offs, p, mask)
 
 
@@ -104,14 +107,13 @@ _rmsprop_kernel = Kernel("rmsprop", _rmsprop, _rmsprop_scalars)
 
 
 def rmsprop(group, params, grads, state, grad_scale=None, found_inf=None):
-    lr, alpha, wd = _to_scalar(group["lr"]), group["alpha"], group["weight_decay"]
-    momentum, centered = group["momentum"], group["centered"]
-    ref = params[0]
+    wd, momentum, centered = group["weight_decay"], group["momentum"], group["centered"]
     launch(
         _rmsprop_kernel,
         [params, grads, state["square_avg"], state["momentum_buffer"] if momentum > 0 else None,
          state["grad_avg"] if centered else None],
-        group_scalars=[-value(lr, ref), alpha, 1 - alpha, group["eps"], value(wd, ref), momentum],
+        group_scalars=list(rmsprop_group_scalars(_to_scalar(group["lr"]), group["alpha"], group["eps"], wd,
+                                                 momentum)),
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=wd != 0, MOMENTUM=momentum > 0,
         CENTERED=bool(centered),
@@ -121,21 +123,22 @@ def rmsprop(group, params, grads, state, grad_scale=None, found_inf=None):
 
 @triton.jit
 def _adadelta_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    neg_lr = h.scalar(stab, 0, ACC64)
+    # adadelta_group_scalars
+    lr = h.scalar(stab, 0, ACC64)
     rho = h.scalar(stab, 1, ACC64)
     one_minus_rho = h.scalar(stab, 2, ACC64)
     eps = h.scalar(stab, 3, ACC64)
     wd = h.scalar(stab, 4, ACC64)
-    return neg_lr, rho, one_minus_rho, eps, wd
+    return lr, rho, one_minus_rho, eps, wd
 
 
 @triton.jit
 def _adadelta(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
               HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
     """g += wd * p; v = rho * v + (1 - rho) * g^2; delta = sqrt(u + eps) / sqrt(v + eps) * g;
-    u = rho * u + (1 - rho) * delta^2; p += -lr * delta."""
+    u = rho * u + (1 - rho) * delta^2; p -= lr * delta."""
     pp, _, vp, up, _ = ptrs
-    neg_lr, rho, one_minus_rho, eps, wd = sc
+    lr, rho, one_minus_rho, eps, wd = sc
     p = h.load(pp, offs, mask, ACC64)
     if HAS_WD:
         g = h.add_decay(g, p, wd)
@@ -145,18 +148,17 @@ def _adadelta(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
     u = h.load(up, offs, mask, ACC64)
     delta = h.div(h.sqrt(u + eps, ACC64), std, ACC64) * g
     h.store(up, offs, h.ema_sq(u, delta, rho, one_minus_rho), mask)
-    h.store(pp, offs, p + neg_lr * delta, mask)
+    h.store(pp, offs, p - lr * delta, mask)
 
 
 _adadelta_kernel = Kernel("adadelta", _adadelta, _adadelta_scalars)
 
 
 def adadelta(group, params, grads, state, grad_scale=None, found_inf=None):
-    lr, rho, wd = _to_scalar(group["lr"]), group["rho"], group["weight_decay"]
-    ref = params[0]
+    wd = group["weight_decay"]
     launch(
         _adadelta_kernel, [params, grads, state["square_avg"], state["acc_delta"]],
-        group_scalars=[-value(lr, ref), rho, 1 - rho, group["eps"], value(wd, ref)],
+        group_scalars=list(adadelta_group_scalars(_to_scalar(group["lr"]), group["rho"], group["eps"], wd)),
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=wd != 0,
     )

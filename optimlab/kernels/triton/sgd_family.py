@@ -6,31 +6,35 @@ import torch
 import triton
 import triton.language as tl
 
+from ...asgd import asgd_decay, asgd_eta, asgd_group_scalars, asgd_mu, asgd_next
 from ...optimizer import _to_scalar
+from ...rprop import rprop_group_scalars
+from ...sgd import sgd_group_scalars
 from . import _helpers as h
 from . import _host
 from ._elementwise import Kernel
-from ._host import Same, commit_steps, common, each, per_tensor, read, stack_scalars, value
+from ._host import Same, commit_steps, common, each, per_tensor, read, stack_scalars
 from ._launcher import launch
 
 
 @triton.jit
 def _sgd_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    neg_lr = h.scalar(stab, 0, ACC64)
+    # sgd_group_scalars
+    lr = h.scalar(stab, 0, ACC64)
     wd = h.scalar(stab, 1, ACC64)
     momentum = h.scalar(stab, 2, ACC64)
     one_minus_dampening = h.scalar(stab, 3, ACC64)
     first = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1: the buffer is new
-    return neg_lr, wd, momentum, one_minus_dampening, first
+    return lr, wd, momentum, one_minus_dampening, first
 
 
 @triton.jit
 def _sgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
          HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr):
     """g += wd * p; b = g on the buffer's first step, else momentum * b + (1 - dampening) * g;
-    g = g + momentum * b (Nesterov) or b; p += -lr * g."""
+    g = g + momentum * b (Nesterov) or b; p -= lr * g."""
     pp, _, bp, _, _ = ptrs
-    neg_lr, wd, momentum, one_minus_dampening, first = sc
+    lr, wd, momentum, one_minus_dampening, first = sc
     p = h.load(pp, offs, mask, ACC64)
     if HAS_WD:
         g = h.add_decay(g, p, wd)
@@ -42,7 +46,7 @@ def _sgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
             g = g + momentum * b
         else:
             g = b
-    h.store(pp, offs, p + neg_lr * g, mask)
+    h.store(pp, offs, p - lr * g, mask)
 
 
 _sgd_kernel = Kernel("sgd", _sgd, _sgd_scalars)
@@ -51,8 +55,7 @@ _sgd_kernel = Kernel("sgd", _sgd, _sgd_scalars)
 def sgd(group, params, grads, state, grad_scale=None, found_inf=None, fresh=()):
     """``fresh``: the momentum buffers made for this step (``_host.fresh_state``, uninitialised):
     the kernel starts them as the grad."""
-    lr, wd, momentum = _to_scalar(group["lr"]), group["weight_decay"], group["momentum"]
-    ref = params[0]
+    wd, momentum = group["weight_decay"], group["momentum"]
     bufs = state.get("momentum_buffer") if momentum != 0 else None
     first = Same(0.0)
     if fresh:
@@ -62,7 +65,7 @@ def sgd(group, params, grads, state, grad_scale=None, found_inf=None, fresh=()):
     try:
         launch(
             _sgd_kernel, [params, grads, bufs],
-            group_scalars=[-value(lr, ref), value(wd, ref), momentum, 1 - group["dampening"]],
+            group_scalars=list(sgd_group_scalars(_to_scalar(group["lr"]), wd, momentum, group["dampening"])),
             columns=[first], grad_scale=grad_scale, found_inf=found_inf,
             MAXIMIZE=bool(group["maximize"]), HAS_WD=bool(wd != 0), MOMENTUM=momentum != 0,
             NESTEROV=bool(group["nesterov"]),
@@ -75,11 +78,13 @@ def sgd(group, params, grads, state, grad_scale=None, found_inf=None, fresh=()):
 
 @triton.jit
 def _asgd_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    wd = h.scalar(stab, 0, ACC64)
-    decay = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)  # 1 - lambd * eta
-    neg_eta = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
-    mu = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
-    return wd, decay, neg_eta, mu
+    # asgd_group_scalars (lambd, wd): lambd enters through the decay column, not read here
+    wd = h.scalar(stab, 1, ACC64)
+    # per tensor: eta, mu (the state's, as the cpp kernel takes them), decay = asgd_decay(lambd, eta)
+    eta = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    mu = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
+    decay = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
+    return wd, eta, mu, decay
 
 
 @triton.jit
@@ -87,7 +92,7 @@ def _asgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
           HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
     """g += wd * p; p = p * (1 - lambd * eta) - eta * g; ax += (p - ax) * mu (ax = p at mu 1)."""
     pp, _, axp, _, _ = ptrs
-    wd, decay, neg_eta, mu = sc
+    wd, eta, mu, decay = sc
     p = h.load(pp, offs, mask, ACC64)
     # loaded before p is stored: the compiler cannot move a load past a store to
     # another pointer (they may alias), and the load would wait for memory again
@@ -95,7 +100,7 @@ def _asgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
     if HAS_WD:
         g = h.add_decay(g, p, wd)
     p = p * decay
-    p = p + neg_eta * g
+    p = p - eta * g
     h.store(pp, offs, p, mask)
     ax = tl.where(mu != 1, ax + (p - ax) * mu, p)
     h.store(axp, offs, ax, mask)
@@ -105,11 +110,8 @@ _asgd_kernel = Kernel("asgd", _asgd, _asgd_scalars)
 
 
 def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
-    from ...asgd import asgd_decay, asgd_eta, asgd_mu, asgd_next
-
     lr, lambd, alpha, t0 = _to_scalar(group["lr"]), group["lambd"], group["alpha"], group["t0"]
     steps, etas, mus = state["step"], state["eta"], state["mu"]
-    ref = params[0]
     capturable = group["capturable"]
     # eta, mu and step live on the param's device (as torch keeps them): read them there,
     # without a host sync, unless they are on the CPU (interpreter)
@@ -118,16 +120,15 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
         eta = stack_scalars(etas)
         if not capturable:  # the for-loop's 1 - lambd * eta.item(), in double
             eta = eta.to(torch.float64)
-        columns = [asgd_decay(lambd, eta), -eta, stack_scalars(mus)]
+        columns = [eta, stack_scalars(mus), asgd_decay(lambd, eta)]
     else:  # the values as the for-loop reads them (.item()); usually one for the group
         eta_vals, mu_vals = read(etas), read(mus)
         e, m = common(eta_vals, signed_zero=True), common(mu_vals, signed_zero=True)
-        columns = ([Same(asgd_decay(lambd, e)), Same(-e)] if e is not None else
-                   [[asgd_decay(lambd, v) for v in eta_vals], [-v for v in eta_vals]])
-        columns.append(Same(m) if m is not None else mu_vals)
+        columns = [Same(e) if e is not None else eta_vals, Same(m) if m is not None else mu_vals,
+                   Same(asgd_decay(lambd, e)) if e is not None else [asgd_decay(lambd, v) for v in eta_vals]]
     launch(
         _asgd_kernel, [params, grads, state["ax"]],
-        group_scalars=[value(group["weight_decay"], ref)], columns=columns,
+        group_scalars=list(asgd_group_scalars(lambd, group["weight_decay"])), columns=columns,
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
@@ -163,6 +164,7 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
 
 @triton.jit
 def _rprop_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
+    # rprop_group_scalars
     etaminus = h.scalar(stab, 0, ACC64)
     etaplus = h.scalar(stab, 1, ACC64)
     size_min = h.scalar(stab, 2, ACC64)
@@ -195,11 +197,9 @@ _rprop_kernel = Kernel("rprop", _rprop, _rprop_scalars)
 
 
 def rprop(group, params, grads, state, grad_scale=None, found_inf=None):
-    etaminus, etaplus = group["etas"]
-    size_min, size_max = group["step_sizes"]
     launch(
         _rprop_kernel, [params, grads, state["prev"], state["step_size"]],
-        group_scalars=[etaminus, etaplus, size_min, size_max],
+        group_scalars=list(rprop_group_scalars(*group["etas"], *group["step_sizes"])),
         grad_scale=grad_scale, found_inf=found_inf, MAXIMIZE=bool(group["maximize"]),
     )
     commit_steps(state["step"], found_inf)
