@@ -1,7 +1,10 @@
 """Adagrad.
 
-The update rule is in the docstring of :class:`Adagrad`. Its scalar ``clr`` is
-computed once per param by :func:`adagrad_clr` and shared by both backends. Sparse
+The update rule is in the docstring of :class:`Adagrad`. Its scalars are computed in one
+place: :func:`adagrad_clr` (per step: the decayed learning rate ``clr``), shared by every
+backend (the fused kernels take it as :func:`adagrad_scalars`' column), and
+:func:`adagrad_group_scalars` (the group's constants), the fused kernels' scalar
+arguments in their order. Sparse
 grads are coalesced and only the rows they touch are updated (torch's sparse path);
 the foreach backend runs a bucket holding sparse grads through the for-loop, as torch
 does. Complex params are viewed as real on the dense path only (torch's sparse path
@@ -24,12 +27,26 @@ from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor
 from ._validation import check_lr, check_nonneg
 
-__all__ = ["Adagrad"]
+__all__ = ["Adagrad", "adagrad_scalars", "adagrad_group_scalars"]
 
 
 def adagrad_clr(lr, lr_decay, step):
     """The decayed learning rate ``clr`` at step ``step`` (a float, or a Tensor for Tensor lr)."""
     return lr / (1 + (step - 1) * lr_decay)
+
+
+def adagrad_scalars(lr, lr_decay, step):
+    """The step's scalars, in the order of the cpp kernel's step-scalar columns and the
+    Triton table's per-tensor columns: ``(clr,)``, ``clr = lr / (1 + (step - 1) * lr_decay)``
+    (positive: the kernels subtract ``clr * g / (sqrt(sum) + eps)``)."""
+    return (adagrad_clr(lr, lr_decay, step),)
+
+
+def adagrad_group_scalars(weight_decay, eps):
+    """The fused kernels' step-independent scalars, in the order the cpp kernel takes them
+    and the Triton scalar table holds them: ``(weight_decay, eps)``. A Tensor
+    ``weight_decay`` is not cast (the for-loop's ``add(alpha=wd)`` takes it as a number)."""
+    return weight_decay, eps
 
 
 def _real(t: Tensor) -> Tensor:

@@ -1,9 +1,11 @@
 """Adamax (Kingma & Ba, 2014), Adam with the infinity norm.
 
-The update rule is in the docstring of :class:`Adamax`. The bias correction
-``1 - beta1^t`` comes from :func:`adamax_bias_correction`, shared by every backend
-(Python floats, or tensors when capturable, where the step is applied as
-``m / (u * (-bc / lr))`` as torch does).
+The update rule is in the docstring of :class:`Adamax`. Its scalars are computed in one
+place: :func:`adamax_scalars` (per step: ``step_size = lr / (1 - beta1^t)``, from
+:func:`adamax_bias_correction`, shared by every backend; tensors when capturable, where
+the for-loop applies the step as ``m / (u * (-bc / lr))`` as torch does) and
+:func:`adamax_group_scalars` (the group's constants), the fused kernels' scalar
+arguments in their order.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import by_device_and_dtype, foreach_increment
+from ._common import by_device_and_dtype, foreach_increment, kernel_value
 from ._dispatch import register
 from ._docs import document
 from .low_precision import LowPrecisionMixin, options as low_precision_options
@@ -19,12 +21,28 @@ from ._common import complex_weight_decay, signed_decayed_grads
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
-__all__ = ["Adamax"]
+__all__ = ["Adamax", "adamax_scalars", "adamax_group_scalars"]
 
 
 def adamax_bias_correction(beta1, step):
     """``1 - beta1^step`` (a float, or a tensor when ``step`` is one)."""
     return 1 - beta1**step
+
+
+def adamax_scalars(lr, beta1, step):
+    """The step's scalars, in the order of the cpp kernel's step-scalar columns and the
+    Triton table's per-tensor columns: ``(step_size,)``, ``step_size = lr / (1 - beta1^step)``
+    (positive: the kernels subtract it). Floats, or tensors for a tensor ``step`` or ``lr``."""
+    return (lr / adamax_bias_correction(beta1, step),)
+
+
+def adamax_group_scalars(beta1, beta2, eps, weight_decay, ref: Tensor):
+    """The fused kernels' step-independent scalars, in the order the cpp kernel takes them
+    and the Triton scalar table holds them: ``(1 - beta1, beta2, eps, weight_decay)``.
+    A Tensor ``1 - beta1`` is cast to ``ref``'s dtype after the subtraction, as the
+    for-loop's lerp casts its weight; ``beta2`` is not cast (the for-loop's ``mul_`` reads it
+    in the op math type)."""
+    return kernel_value(1 - beta1, ref), beta2, eps, weight_decay
 
 
 def _neg_inv_step_size(lr, beta1, step_t: Tensor) -> Tensor:
@@ -51,7 +69,7 @@ def _adamax_forloop(group, params, grads, state):
         if group["capturable"]:
             param.addcdiv_(exp_avg, exp_inf * _neg_inv_step_size(lr, beta1, step_t))
         else:
-            step_size = lr / adamax_bias_correction(beta1, _get_value(step_t))
+            (step_size,) = adamax_scalars(lr, beta1, _get_value(step_t))
             param.addcdiv_(exp_avg, exp_inf, value=-step_size)
 
 
@@ -76,7 +94,7 @@ def _adamax_foreach(group, params, grads, state):
             torch._foreach_addcdiv_(p, m, denom)
         else:
             lr_value = _get_value(lr)
-            step_sizes = [-(lr_value / adamax_bias_correction(beta1, _get_value(s))) for s in steps]
+            step_sizes = [-adamax_scalars(lr_value, beta1, _get_value(s))[0] for s in steps]
             torch._foreach_addcdiv_(p, m, u, step_sizes)
 
 

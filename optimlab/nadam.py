@@ -1,8 +1,10 @@
 """NAdam (Adam with Nesterov momentum); with ``decoupled_weight_decay=True``, NAdamW.
 
-The update rule is in the docstring of :class:`NAdam`. Its scalars ``grad_step`` and
-``exp_avg_step`` are computed once per param by :func:`nadam_scalars` and shared by
-every backend (with tensors when capturable or differentiable, as torch does).
+The update rule is in the docstring of :class:`NAdam`. Its scalars are computed in one
+place: :func:`nadam_scalars` (per step and param: ``bias_correction2``, ``grad_step``,
+``exp_avg_step`` and the advanced ``mu_product``), shared by every backend (with tensors
+when capturable or differentiable, as torch does), and :func:`nadam_group_scalars` (the
+group's constants, ``1 - beta1`` ...), the fused kernels' scalar arguments in their order.
 """
 
 from __future__ import annotations
@@ -18,24 +20,48 @@ from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_scalar_dtype, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
-__all__ = ["NAdam", "nadam_scalars"]
+__all__ = ["NAdam", "nadam_scalars", "nadam_group_scalars"]
 
 
 def nadam_scalars(lr, beta1, beta2, momentum_decay, step, mu_product, tensor_math=False):
-    """Advance ``mu_product`` (the state tensor, in place) by mu_t; return the step's scalars.
+    """The step's scalars and the advanced ``mu_product``, without changing ``mu_product``.
 
-    Returns ``(bias_correction2, grad_step, exp_avg_step)``. ``step`` is a float, or the
-    step tensor when capturable. With ``tensor_math`` (capturable/differentiable) the
-    step sizes are computed from the ``mu_product`` tensor itself, else from its value:
-    either way after its rounding to the state's dtype, exactly as torch does.
+    Returns ``(bias_correction2, grad_step, exp_avg_step, new_mu_product)``; the first three
+    are the cpp kernel's step-scalar columns and the Triton table's per-tensor columns, in
+    that order::
+
+        mu_t = beta1 * (1 - 0.5 * 0.96^(step * momentum_decay)),  mu_t1: the same at step + 1
+        new_mu_product = mu_product * mu_t      (in mu_product's dtype, as torch's ``*=``)
+        bias_correction2 = 1 - beta2^step
+        grad_step = -lr * (1 - mu_t) / (1 - new_mu_product)
+        exp_avg_step = -lr * mu_t1 / (1 - new_mu_product * mu_t1)
+
+    ``step`` is a float, or the step tensor when capturable; ``mu_product`` a tensor (the
+    state's, or a copy of it in its dtype). With ``tensor_math`` (capturable/differentiable)
+    the step sizes are computed from the ``new_mu_product`` tensor itself, else from its
+    value: either way after its rounding to the state's dtype, exactly as torch does. The
+    caller stores ``new_mu_product`` in the state (``copy_``).
     """
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-    mu_product *= mu
-    prod = mu_product if tensor_math else _get_value(mu_product)
+    # torch's ``mu_product *= mu``, on a copy: the same rounding (to the state's dtype) and,
+    # when differentiable, the same autograd op
+    new_mu_product = mu_product.clone() if isinstance(mu_product, Tensor) else mu_product
+    new_mu_product *= mu
+    prod = new_mu_product if tensor_math else _get_value(new_mu_product)
     grad_step = -lr * (1.0 - mu) / (1.0 - prod)
     exp_avg_step = -lr * mu_next / (1.0 - prod * mu_next)
-    return 1 - beta2**step, grad_step, exp_avg_step
+    return 1 - beta2**step, grad_step, exp_avg_step, new_mu_product
+
+
+def nadam_group_scalars(lr, beta1, beta2, eps, weight_decay, decoupled):
+    """The fused kernels' step-independent scalars, in the order the cpp kernel takes them
+    and the Triton scalar table holds them:
+    ``(1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay)``, ``decay = 1 - lr * wd``
+    with decoupled weight decay, else 1. Tensor hyperparameters are not cast (both kernels
+    take them as they are)."""
+    decay = 1 - lr * weight_decay if decoupled and weight_decay != 0 else 1.0
+    return 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay
 
 
 @register("nadam", "forloop")
@@ -50,9 +76,11 @@ def _nadam_forloop(group, params, grads, state):
         step_t += 1
         step = step_t if capturable else _get_value(step_t)
         grad = apply_weight_decay(group, lr, param, grad, foreach=False)
-        bc2, grad_step, exp_avg_step = nadam_scalars(
-            lr, beta1, beta2, md, step, state["mu_product"][i], tensor_math
+        mu_product = state["mu_product"][i]
+        bc2, grad_step, exp_avg_step, new_mu_product = nadam_scalars(
+            lr, beta1, beta2, md, step, mu_product, tensor_math
         )
+        mu_product.copy_(new_mu_product)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.div(bc2).sqrt()
@@ -82,20 +110,22 @@ def _nadam_foreach(group, params, grads, state):
         denom = torch._foreach_sqrt(v)
         if capturable:
             scalars = [nadam_scalars(lr, beta1, beta2, md, s, mp, True) for s, mp in zip(steps, mu_products)]
-            torch._foreach_div_(denom, torch._foreach_sqrt([bc2 for bc2, _, _ in scalars]))
+            torch._foreach_copy_(mu_products, [new for *_, new in scalars])
+            torch._foreach_div_(denom, torch._foreach_sqrt([bc2 for bc2, *_ in scalars]))
             torch._foreach_add_(denom, eps)
-            numerator = torch._foreach_mul([gs for _, gs, _ in scalars], g)
-            torch._foreach_addcmul_(numerator, [ms for _, _, ms in scalars], m)
+            numerator = torch._foreach_mul([gs for _, gs, _, _ in scalars], g)
+            torch._foreach_addcmul_(numerator, [ms for _, _, ms, _ in scalars], m)
             torch._foreach_addcdiv_(p, numerator, denom)
         else:
             lr_value = _get_value(lr)
             scalars = [
                 nadam_scalars(lr_value, beta1, beta2, md, _get_value(s), mp) for s, mp in zip(steps, mu_products)
             ]
-            torch._foreach_div_(denom, [bc2**0.5 for bc2, _, _ in scalars])
+            torch._foreach_copy_(mu_products, [new for *_, new in scalars])
+            torch._foreach_div_(denom, [bc2**0.5 for bc2, *_ in scalars])
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(p, g, denom, [gs for _, gs, _ in scalars])
-            torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms in scalars])
+            torch._foreach_addcdiv_(p, g, denom, [gs for _, gs, _, _ in scalars])
+            torch._foreach_addcdiv_(p, m, denom, [ms for _, _, ms, _ in scalars])
 
 
 @document(backends=("forloop", "foreach", "cpp", "triton"))

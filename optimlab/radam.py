@@ -1,9 +1,11 @@
 """RAdam (rectified Adam); with ``decoupled_weight_decay=True``, RAdamW.
 
-The update rule is in the docstring of :class:`RAdam`. Its scalars (bias
-corrections and the rectification term) are computed once per param by
-:func:`radam_scalars` and shared by every backend (with tensors when capturable,
-where ``torch.where`` replaces the ``rho_t > 5`` branch).
+The update rule is in the docstring of :class:`RAdam`. Its scalars are computed in one
+place: :func:`radam_scalars` (per step: the bias corrections and the rectification term,
+shared by every backend; tensors when capturable, where ``torch.where`` replaces the
+``rho_t > 5`` branch), :func:`radam_foreach_steps` (the foreach form's step sizes, from
+those) and :func:`radam_group_scalars` (the group's constants), the fused kernels' scalar
+arguments in their order.
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ from .low_precision import LowPrecisionMixin, options as low_precision_options
 from .optimizer import Optimizer, _get_value, _to_scalar, step_tensor, zeros_like
 from ._validation import check_betas, check_lr, check_nonneg
 
-__all__ = ["RAdam", "radam_scalars"]
+__all__ = ["RAdam", "radam_scalars", "radam_group_scalars"]
 
 
-def radam_scalars(lr, beta1, beta2, step):
-    """``(bias_correction1, bc2_sqrt, rect, rect_step, unrect_step)`` for step ``step``.
+def radam_scalars(beta1, beta2, step):
+    """The step's scalars, in the order of the cpp kernel's step-scalar columns and the
+    Triton table's per-tensor columns: ``(bias_correction1, bc2_sqrt, rect)``::
 
-    ``rect`` is 0 while rho_t <= 5 (unrectified). The foreach form of the update is
-    ``p += m * (1 / ((sqrt(v) + eps) / rect_step) + unrect_step)``, with
-    ``rect_step = -lr * rect * bc2_sqrt / bc1`` and ``unrect_step = -lr / bc1`` only
-    while unrectified (else -0.0). Floats, or tensors when ``step`` is a tensor (capturable).
+        bias_correction1 = 1 - beta1^step,  bc2_sqrt = sqrt(1 - beta2^step)
+        rho_t = rho_inf - 2 * step * beta2^step / (1 - beta2^step),  rho_inf = 2 / (1 - beta2) - 1
+        rect = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+               if rho_t > 5, else 0 (unrectified)
+
+    Floats, or tensors when ``step`` is a tensor (capturable). (``lr`` is a group scalar of
+    the kernels, see :func:`radam_group_scalars`.)
     """
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
@@ -39,17 +45,34 @@ def radam_scalars(lr, beta1, beta2, step):
 
     if isinstance(rho_t, Tensor):
         rect = torch.where(rho_t > 5.0, rect_of(rho_t), 0.0)
-        unrectified = torch.where(rect > 0, 0.0, 1.0)
     else:
         rect = rect_of(rho_t) if rho_t > 5 else 0.0
-        unrectified = 0.0 if rect > 0 else 1.0
-    bc2_sqrt = bias_correction2**0.5
+    return bias_correction1, bias_correction2**0.5, rect
+
+
+def radam_foreach_steps(lr, bias_correction1, bc2_sqrt, rect):
+    """The foreach form's step sizes ``(rect_step, unrect_step)``, from :func:`radam_scalars`:
+    the update is ``p += m * (1 / ((sqrt(v) + eps) / rect_step) + unrect_step)``, with
+    ``rect_step = -lr * rect * bc2_sqrt / bc1`` and ``unrect_step = -lr / bc1`` only while
+    unrectified (else -0.0), associated as torch's foreach (floats, or tensors)."""
     if isinstance(rect, Tensor):  # torch's capturable foreach association (float32 tensors)
+        unrectified = torch.where(rect > 0, 0.0, 1.0)
         rect_step = -(bc2_sqrt * lr * rect) / bias_correction1
     else:
+        unrectified = 0.0 if rect > 0 else 1.0
         rect_step = bc2_sqrt * (lr * rect / bias_correction1) * -1
     unrect_step = (lr * unrectified / bias_correction1) * -1
-    return bias_correction1, bc2_sqrt, rect, rect_step, unrect_step
+    return rect_step, unrect_step
+
+
+def radam_group_scalars(lr, beta1, beta2, eps, weight_decay, decoupled):
+    """The fused kernels' step-independent scalars, in the order the cpp kernel takes them
+    and the Triton scalar table holds them:
+    ``(lr, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay)``, ``decay = 1 - lr * wd``
+    with decoupled weight decay, else 1. Tensor hyperparameters are not cast (the for-loop's
+    ``m / bc1 * lr`` reads a Tensor lr in the op math type)."""
+    decay = 1 - lr * weight_decay if decoupled and weight_decay != 0 else 1.0
+    return lr, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, decay
 
 
 @register("radam", "forloop")
@@ -64,7 +87,7 @@ def _radam_forloop(group, params, grads, state):
         grad = apply_weight_decay(group, lr, param, grad, foreach=False)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bc1, bc2_sqrt, rect, _, _ = radam_scalars(lr, beta1, beta2, step)
+        bc1, bc2_sqrt, rect = radam_scalars(beta1, beta2, step)
         bias_corrected_exp_avg = exp_avg / bc1
 
         def adaptive_lr():
@@ -94,12 +117,13 @@ def _radam_foreach(group, params, grads, state):
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, 1 - beta2)
         del g
-        scalars = [radam_scalars(lr, beta1, beta2, s if capturable else _get_value(s)) for s in steps]
+        scalars = [radam_foreach_steps(lr, *radam_scalars(beta1, beta2, s if capturable else _get_value(s)))
+                   for s in steps]
         buffer = torch._foreach_sqrt(v)
         torch._foreach_add_(buffer, eps)
-        torch._foreach_div_(buffer, [rect_step for *_, rect_step, _ in scalars])
+        torch._foreach_div_(buffer, [rect_step for rect_step, _ in scalars])
         torch._foreach_reciprocal_(buffer)
-        torch._foreach_add_(buffer, [unrect_step for *_, unrect_step in scalars])
+        torch._foreach_add_(buffer, [unrect_step for _, unrect_step in scalars])
         # buffer = rect_step / (sqrt(v) + eps) + unrect_step
         torch._foreach_addcmul_(p, m, buffer)
 

@@ -3,12 +3,12 @@
 
 The kernels (``csrc/``) make one vectorized, multi-threaded pass over memory per
 tensor. They only do the elementwise update: every scalar (step sizes, bias
-corrections, ...) is computed here, on the host, by the algorithm's own shared
-Python function (``adam_scalars``, ``nadam_scalars``, ``radam_scalars``,
-``adagrad_clr``, ``adamax_bias_correction``, ``asgd_eta``/``asgd_mu`` (stored as
-``asgd_next`` rounds them)), exactly as the for-loop backend computes it; the group's
-constants (``1 - beta1``, ``1 - rho``, ...) by its ``<algorithm>_group_scalars``, in the
-kernel's argument order, passed on as they come.
+corrections, step sizes, ``1 - beta1``, ``1 - rho``, ...) is computed on the host by the
+algorithm's own shared Python functions: ``<algorithm>_scalars`` (per step: the kernel's
+step-scalar columns; ``asgd_next`` for ASGD's next ``eta``/``mu``) and
+``<algorithm>_group_scalars`` (the group's constants, in the kernel's argument order),
+exactly as the for-loop backend computes them; the implementations here only pass their
+results on.
 
 Each kernel is a torch operator, ``torch.ops.optimlab.<algorithm>_`` (defined in
 ``ops.py``). This module holds both sides of it: the updates registered with the
@@ -326,14 +326,14 @@ def _sgd_impl(params, grads, momentum_buffers, new_momentum_buffers, lr, weight_
 @ops.cpu_impl("adagrad")
 def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
                   grad_scale=None, found_inf=None):
-    from ..adagrad import adagrad_clr
+    from ..adagrad import adagrad_group_scalars, adagrad_scalars
 
     ext = load()
     lr = _to_scalar(lr)
     ext.adagrad(
         *_real(params, grads, state_sums), state_steps,
-        _step_scalars(lambda s: (_value(adagrad_clr(lr, lr_decay, s)),)),
-        _value(weight_decay), float(eps), bool(maximize), grad_scale, found_inf,
+        _step_scalars(lambda s: tuple(map(_value, adagrad_scalars(lr, lr_decay, s)))),
+        *map(_value, adagrad_group_scalars(weight_decay, eps)), bool(maximize), grad_scale, found_inf,
     )
 
 
@@ -352,16 +352,18 @@ def _adadelta_impl(params, grads, square_avgs, acc_deltas, state_steps, lr, rho,
 @ops.cpu_impl("adamax")
 def _adamax_impl(params, grads, exp_avgs, exp_infs, state_steps, lr, beta1, beta2, eps, weight_decay,
                  maximize, grad_scale=None, found_inf=None):
-    from ..adamax import adamax_bias_correction
+    from ..adamax import adamax_group_scalars, adamax_scalars
 
     ext = load()
     lr = _to_scalar(lr)
-    ext.adamax(
-        params, grads, exp_avgs, exp_infs, state_steps,
-        _step_scalars(lambda s: (_value(lr / adamax_bias_correction(beta1, s)),)),
-        _value(1 - beta1), _value(beta2), float(eps), _value(weight_decay), bool(maximize),
-        grad_scale, found_inf,
-    )
+    scalars = _step_scalars(lambda s: tuple(map(_value, adamax_scalars(lr, beta1, s))))
+    for idx in _by_dtype(params, beta1):
+        constants = adamax_group_scalars(beta1, beta2, eps, weight_decay, params[idx[0]])
+        ext.adamax(
+            _pick(params, idx), _pick(grads, idx), _pick(exp_avgs, idx), _pick(exp_infs, idx),
+            _pick(state_steps, idx), scalars, *map(_value, constants), bool(maximize),
+            grad_scale, found_inf,
+        )
 
 
 @ops.cpu_impl("asgd")
@@ -394,19 +396,19 @@ def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0,
 def _nadam_impl(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, lr, beta1, beta2,
                 weight_decay, momentum_decay, eps, decoupled_weight_decay, maximize, grad_scale=None,
                 found_inf=None):
-    from ..nadam import nadam_scalars
+    from ..nadam import nadam_group_scalars, nadam_scalars
 
     ext = load()
     if _skipped(found_inf):
         return  # mu_product advances with the step: a skipped step changes nothing
-    lr, wd = _to_scalar(lr), weight_decay
+    lr = _to_scalar(lr)
     products = ext.read_scalars(mu_products)
     new_products: list[float] = []  # stored after the kernel's step
 
     def scalars(steps):
-        # nadam_scalars advances mu_product in place; run it once per distinct (step, product,
-        # dtype) on a scratch copy with the state's dtype, and store the advanced value in
-        # every product. (Usually one: every param at the same step with the same product.)
+        # nadam_scalars once per distinct (step, product, dtype), with the state's 0-dim
+        # mu_product (it returns the advanced value, stored in every product). (Usually one:
+        # every param at the same step with the same product.)
         keys = list(zip(steps * len(products) if len(steps) == 1 else steps, products,
                         map(_DTYPE, mu_products)))
         if keys and keys.count(keys[0]) == len(keys):
@@ -417,16 +419,15 @@ def _nadam_impl(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, 
         out = []
         for key, mp in zip(keys, owners):
             if key not in cache:
-                scratch = mp.detach().clone()
-                values = nadam_scalars(lr, beta1, beta2, momentum_decay, key[0], scratch)
-                cache[key] = (tuple(map(_value, values)), float(scratch.item()))
+                *columns, new = nadam_scalars(lr, beta1, beta2, momentum_decay, key[0], mp.reshape(()))
+                cache[key] = (tuple(map(_value, columns)), _value(new))
             out.append(cache[key][0])
             new_products.append(cache[key][1])
         return list(zip(*out))
 
     ext.nadam(
-        params, grads, exp_avgs, exp_avg_sqs, state_steps, scalars, _value(1 - beta1), _value(beta2),
-        _value(1 - beta2), float(eps), _value(wd), _value(1 - lr * wd),
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, scalars,
+        *map(_value, nadam_group_scalars(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay)),
         bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
     )
     if new_products:  # (the kernel stepped)
@@ -436,15 +437,15 @@ def _nadam_impl(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, 
 @ops.cpu_impl("radam")
 def _radam_impl(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr, beta1, beta2, weight_decay, eps,
                 decoupled_weight_decay, maximize, grad_scale=None, found_inf=None):
-    from ..radam import radam_scalars
+    from ..radam import radam_group_scalars, radam_scalars
 
     ext = load()
-    lr, wd = _to_scalar(lr), weight_decay
+    lr = _to_scalar(lr)
     ext.radam(
         params, grads, exp_avgs, exp_avg_sqs, state_steps,
-        _step_scalars(lambda s: tuple(map(_value, radam_scalars(lr, beta1, beta2, s)[:3]))),
-        _value(lr), _value(1 - beta1), _value(beta2), _value(1 - beta2), float(eps), _value(wd),
-        _value(1 - lr * wd), bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
+        _step_scalars(lambda s: tuple(map(_value, radam_scalars(beta1, beta2, s)))),
+        *map(_value, radam_group_scalars(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay)),
+        bool(decoupled_weight_decay), bool(maximize), grad_scale, found_inf,
     )
 
 

@@ -18,42 +18,40 @@ from ._launcher import launch
 def _adagrad_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
     wd = h.scalar(stab, 0, ACC64)
     eps = h.scalar(stab, 1, ACC64)
-    neg_clr = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
-    return wd, eps, neg_clr
+    clr = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    return wd, eps, clr
 
 
 @triton.jit
 def _adagrad(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
              HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
-    """g += wd * p; sum += g * g; p += -clr * g / (sqrt(sum) + eps)."""
+    """g += wd * p; sum += g * g; p -= clr * g / (sqrt(sum) + eps)."""
     pp, _, sp, _, _ = ptrs
-    wd, eps, neg_clr = sc
+    wd, eps, clr = sc
     p = h.load(pp, offs, mask, ACC64)
     if HAS_WD:
         g = h.add_decay(g, p, wd)
     s = tl.fma(g, g, h.load(sp, offs, mask, ACC64))  # state_sum.addcmul_(grad, grad, value=1)
     h.store(sp, offs, s, mask)
     std = h.sqrt(s, ACC64) + eps
-    h.store(pp, offs, p + neg_clr * h.div(g, std, ACC64), mask)
+    h.store(pp, offs, p - clr * h.div(g, std, ACC64), mask)
 
 
 _adagrad_kernel = Kernel("adagrad", _adagrad, _adagrad_scalars)
 
 
-def _neg_clr(lr, lr_decay, step):
-    from ...adagrad import adagrad_clr
-
-    return (-adagrad_clr(lr, lr_decay, step),)
-
-
 def adagrad(group, params, grads, state, grad_scale=None, found_inf=None):
+    """Adagrad's host: the scalars of ``adagrad_scalars`` (per tensor) and
+    ``adagrad_group_scalars`` (the table's group scalars, in the cpp kernel's order), passed on."""
+    from ...adagrad import adagrad_group_scalars, adagrad_scalars
+
     lr, wd = _to_scalar(group["lr"]), group["weight_decay"]
     steps = state["step"]
     nxt = next_steps(steps, group.get("capturable", False))
-    columns = per_tensor(_neg_clr, nxt, lr, group["lr_decay"])
     launch(
         _adagrad_kernel, [params, grads, state["sum"]],
-        group_scalars=[value(wd, params[0]), group["eps"]], columns=columns,
+        group_scalars=list(adagrad_group_scalars(wd, group["eps"])),
+        columns=per_tensor(adagrad_scalars, nxt, lr, group["lr_decay"]),
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=wd != 0,
     )

@@ -1,7 +1,9 @@
-"""Adam / AdamW (+ amsgrad) as one fused multi-tensor kernel.
+"""Adam / AdamW (+ amsgrad), Adamax, NAdam, RAdam and SparseAdam as fused multi-tensor kernels.
 
-Host scalars come from :func:`optimlab.adam.adam_scalars` (the one place bias
-corrections are computed); the kernel only applies them.
+Host scalars come from each algorithm's own scalar functions (``adam_scalars`` and
+``adam_group_scalars``, ``adamax_*``, ``nadam_*``, ``radam_*``: the one place bias
+corrections, ``1 - beta1``, ... are computed); the hosts here pass them on and the kernels
+only apply them. Each table holds its group scalars in the order the cpp kernel takes them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import triton
 import triton.language as tl
 
 from ...adam import adam_group_scalars, adam_scalars
+from ...adamax import adamax_group_scalars, adamax_scalars
+from ...nadam import nadam_group_scalars, nadam_scalars
 from ...optimizer import _to_scalar
+from ...radam import radam_group_scalars, radam_scalars
 from . import _helpers as h
 from ._elementwise import Kernel
 from ._host import Same, commit_steps, common, next_steps, per_device, per_tensor, read, stack_scalars, value
@@ -25,14 +30,15 @@ _DTYPE = operator.attrgetter("dtype")
 
 
 @triton.jit
-def _adam_scalars_in(stab, ACC64: tl.constexpr):
-    """The group scalars every Adam-family launch passes first, in this order."""
-    w1 = h.scalar(stab, 0, ACC64)  # 1 - beta1
-    beta2 = h.scalar(stab, 1, ACC64)
-    omb2 = h.scalar(stab, 2, ACC64)  # 1 - beta2
-    eps = h.scalar(stab, 3, ACC64)
-    wd = h.scalar(stab, 4, ACC64)
-    decay = h.scalar(stab, 5, ACC64)  # 1 - lr * wd (decoupled)
+def _adam_scalars_in(stab, k0, ACC64: tl.constexpr):
+    """The six group scalars every Adam-family launch passes (Adam, NAdam: first, k0 = 0;
+    RAdam: after lr, k0 = 1), in this order."""
+    w1 = h.scalar(stab, k0 + 0, ACC64)  # 1 - beta1
+    beta2 = h.scalar(stab, k0 + 1, ACC64)
+    omb2 = h.scalar(stab, k0 + 2, ACC64)  # 1 - beta2
+    eps = h.scalar(stab, k0 + 3, ACC64)
+    wd = h.scalar(stab, k0 + 4, ACC64)
+    decay = h.scalar(stab, k0 + 5, ACC64)  # 1 - lr * wd (decoupled)
     return w1, beta2, omb2, eps, wd, decay
 
 
@@ -52,7 +58,7 @@ def _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay,
 
 @triton.jit
 def _adam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
+    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, 0, ACC64)
     step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     return w1, beta2, omb2, eps, wd, decay, step_size, bc2_sqrt
@@ -107,17 +113,17 @@ def _adamax_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64:
     beta2 = h.scalar(stab, 1, ACC64)
     eps = h.scalar(stab, 2, ACC64)
     wd = h.scalar(stab, 3, ACC64)
-    neg_step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
-    return w1, beta2, eps, wd, neg_step_size
+    step_size = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
+    return w1, beta2, eps, wd, step_size
 
 
 @triton.jit
 def _adamax(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
             HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
     """g += wd * p; m = lerp(m, g, 1 - beta1); u = max(u * beta2, |g| + eps);
-    p += -step_size * m / u."""
+    p -= step_size * m / u."""
     pp, _, mp, up, _ = ptrs
-    w1, beta2, eps, wd, neg_step_size = sc
+    w1, beta2, eps, wd, step_size = sc
     p = h.load(pp, offs, mask, ACC64)
     if HAS_WD:
         g = h.add_decay(g, p, wd)
@@ -126,28 +132,20 @@ def _adamax(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
                    propagate_nan=tl.PropagateNan.ALL)  # torch.maximum keeps NaN
     h.store(mp, offs, m, mask)
     h.store(up, offs, u, mask)
-    h.store(pp, offs, p + neg_step_size * h.div(m, u, ACC64), mask)
+    h.store(pp, offs, p - step_size * h.div(m, u, ACC64), mask)
 
 
 _adamax_kernel = Kernel("adamax", _adamax, _adamax_scalars)
 
 
-def _neg_adamax_step(lr, beta1, step):
-    from ...adamax import adamax_bias_correction
-
-    return (-(lr / adamax_bias_correction(beta1, step)),)
-
-
 def adamax(group, params, grads, state, grad_scale=None, found_inf=None):
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
     steps = state["step"]
-    ref = params[0]
     nxt = next_steps(steps, group["capturable"])
-    columns = per_tensor(_neg_adamax_step, nxt, lr, beta1)
     launch(
         _adamax_kernel, [params, grads, state["exp_avg"], state["exp_inf"]],
-        group_scalars=[1 - value(beta1, ref), value(beta2, ref), group["eps"], group["weight_decay"]],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        group_scalars=list(adamax_group_scalars(beta1, beta2, group["eps"], group["weight_decay"], params[0])),
+        columns=per_tensor(adamax_scalars, nxt, lr, beta1), grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
     commit_steps(steps, found_inf, nxt)
@@ -156,7 +154,7 @@ def adamax(group, params, grads, state, grad_scale=None, found_inf=None):
 # ---- NAdam -------------------------------------------------------------------------------
 @triton.jit
 def _nadam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
+    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, 0, ACC64)
     bc2 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     grad_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     exp_avg_step = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
@@ -181,29 +179,26 @@ _nadam_kernel = Kernel("nadam", _nadam, _nadam_scalars)
 
 
 def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
-    from ...nadam import nadam_scalars
-
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
-    wd, md, capturable = group["weight_decay"], group["momentum_decay"], group["capturable"]
+    md, capturable = group["momentum_decay"], group["capturable"]
     steps, mus = state["step"], state["mu_product"]
     nxt = next_steps(steps, capturable)
-    # mu_product advances on copies (one per distinct value), committed after the launch
+    # nadam_scalars returns the advanced mu_product (one per distinct value), committed after the launch
     if isinstance(nxt, torch.Tensor):
         mu_vec = stack_scalars(mus)
-        columns = list(nadam_scalars(lr, beta1, beta2, md, nxt.to(mu_vec.dtype) if capturable else nxt,
-                                     mu_vec, True))
-        new_mus = list(mu_vec.unbind())
+        *columns, new_vec = nadam_scalars(lr, beta1, beta2, md, nxt.to(mu_vec.dtype) if capturable else nxt,
+                                          mu_vec, True)
+        new_mus = list(new_vec.unbind())
     elif capturable:  # (CPU counters) tensor math on each param's own mu_product
-        new_mus = [mu.clone() for mu in mus]
         each = nxt if isinstance(nxt, list) else repeat(nxt)
-        cols = [nadam_scalars(lr, beta1, beta2, md, s, mu, True) for s, mu in zip(each, new_mus)]
-        columns = [list(c) for c in zip(*cols)]
+        rows = [nadam_scalars(lr, beta1, beta2, md, s, mu, True) for s, mu in zip(each, mus)]
+        columns, new_mus = [[row[k] for row in rows] for k in range(3)], [row[3] for row in rows]
     else:
         columns, new_mus = _nadam_host(lr, beta1, beta2, md, nxt, mus)
-    decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
     launch(
         _nadam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]],
-        group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay],
+        group_scalars=list(nadam_group_scalars(lr, beta1, beta2, group["eps"], group["weight_decay"],
+                                               group["decoupled_weight_decay"])),
         columns=columns, grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
@@ -217,40 +212,36 @@ def nadam(group, params, grads, state, grad_scale=None, found_inf=None):
 
 
 def _nadam_host(lr, beta1, beta2, md, nxt, mus):
-    """NAdam's columns and advanced ``mu_product`` copies for CPU state, from the values as
+    """NAdam's columns and advanced ``mu_product`` values for CPU state, from the values as
     the for-loop reads them: :func:`nadam_scalars` once per distinct (step, mu_product
-    value, dtype), on a 0-dim copy of that mu_product, so every value is the for-loop's.
+    value, dtype), with that mu_product as a 0-dim tensor, so every value is the for-loop's.
     Usually one: every column is then :class:`~._host.Same`."""
-    from ...nadam import nadam_scalars
-
     values = read(mus)
     m = common(values, signed_zero=True)
     if isinstance(nxt, float) and m is not None and len(set(map(_DTYPE, mus))) == 1:
-        new = mus[0].reshape(()).clone()
-        return [Same(c) for c in nadam_scalars(lr, beta1, beta2, md, nxt, new, False)], [new] * len(mus)
+        *columns, new = nadam_scalars(lr, beta1, beta2, md, nxt, mus[0].reshape(()), False)
+        return [Same(c) for c in columns], [new] * len(mus)
     memo: dict = {}
-    rows, new_mus = [], []
+    rows = []
     steps = nxt if isinstance(nxt, list) else repeat(nxt)
     for s, v, mu in zip(steps, values, mus):
         key = (s, v, math.copysign(1.0, v), mu.dtype)
         hit = memo.get(key)
         if hit is None:
-            new = mu.reshape(()).clone()
-            hit = memo[key] = (new, nadam_scalars(lr, beta1, beta2, md, s, new, False))
-        new_mus.append(hit[0])
-        rows.append(hit[1])
-    return [list(c) for c in zip(*rows)], new_mus
+            hit = memo[key] = nadam_scalars(lr, beta1, beta2, md, s, mu.reshape(()), False)
+        rows.append(hit)
+    return [[row[k] for row in rows] for k in range(3)], [row[3] for row in rows]
 
 
 # ---- RAdam -------------------------------------------------------------------------------
 @triton.jit
 def _radam_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, ACC64)
-    lr = h.scalar(stab, 6, ACC64)
+    lr = h.scalar(stab, 0, ACC64)
+    w1, beta2, omb2, eps, wd, decay = _adam_scalars_in(stab, 1, ACC64)
     bc1 = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     bc2_sqrt = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
     rect = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 2, ACC64)
-    return w1, beta2, omb2, eps, wd, decay, lr, bc1, bc2_sqrt, rect
+    return lr, w1, beta2, omb2, eps, wd, decay, bc1, bc2_sqrt, rect
 
 
 @triton.jit
@@ -259,7 +250,7 @@ def _radam(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
     """m, v as :func:`_moments`; upd = m / bias_correction1 * lr, times
     rect * sqrt(bias_correction2) / (sqrt(v) + eps) once rectified (rect > 0); p -= upd."""
     pp, _, mp, vp, _ = ptrs
-    w1, beta2, omb2, eps, wd, decay, lr, bc1, bc2_sqrt, rect = sc
+    lr, w1, beta2, omb2, eps, wd, decay, bc1, bc2_sqrt, rect = sc
     p, g, m, v = _moments(pp, mp, vp, offs, mask, g, w1, beta2, omb2, wd, decay, WD_MODE, ACC64)
     upd = h.div(m, bc1, ACC64) * lr
     adaptive = h.div(bc2_sqrt + 0 * v, h.sqrt(v, ACC64) + eps, ACC64)
@@ -270,25 +261,15 @@ def _radam(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
 _radam_kernel = Kernel("radam", _radam, _radam_scalars)
 
 
-def _radam_cols(lr, beta1, beta2, step):
-    from ...radam import radam_scalars
-
-    bc1, bc2_sqrt, rect, _, _ = radam_scalars(lr, beta1, beta2, step)
-    return bc1, bc2_sqrt, rect
-
-
 def radam(group, params, grads, state, grad_scale=None, found_inf=None):
     lr, (beta1, beta2) = _to_scalar(group["lr"]), group["betas"]
-    wd = group["weight_decay"]
     steps = state["step"]
-    ref = params[0]
     nxt = next_steps(steps, group["capturable"])
-    columns = per_tensor(_radam_cols, nxt, lr, beta1, beta2)
-    decay = 1 - lr * wd if wd != 0 and group["decoupled_weight_decay"] else 1.0
     launch(
         _radam_kernel, [params, grads, state["exp_avg"], state["exp_avg_sq"]],
-        group_scalars=[1 - beta1, beta2, 1 - beta2, group["eps"], wd, decay, value(lr, ref)],
-        columns=columns, grad_scale=grad_scale, found_inf=found_inf,
+        group_scalars=list(radam_group_scalars(lr, beta1, beta2, group["eps"], group["weight_decay"],
+                                               group["decoupled_weight_decay"])),
+        columns=per_tensor(radam_scalars, nxt, beta1, beta2), grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), WD_MODE=_wd_mode(group),
     )
     commit_steps(steps, found_inf, nxt)
