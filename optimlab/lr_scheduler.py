@@ -177,7 +177,6 @@ def _patch_optimizer_step(optimizer: Optimizer) -> None:
     else:  # step was a plain callable (the user's own), kept as is
         def call(opt, *args, **kwargs):
             return step(*args, **kwargs)
-    del step
 
     @wraps(func if func is not None else call)
     def wrapper(*args, **kwargs):

@@ -660,3 +660,16 @@ def test_user_subclass_of_base():
         return out
 
     assert make(O.LRScheduler) == make(T.LRScheduler) == [[0.1 * 0.5**k, 0.03 * 0.5**k] for k in range(1, 6)]
+
+
+def test_a_plain_callable_step_is_wrapped_and_still_called():
+    """A user's own ``optimizer.step`` (a plain function, not a method) keeps working once a
+    scheduler wraps it (it raised NameError when called)."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = optimlab.SGD([p], lr=0.1)
+    calls = []
+    opt.step = lambda *a, **k: calls.append(a)
+    sched = optimlab.lr_scheduler.StepLR(opt, 1)
+    opt.step()
+    sched.step()
+    assert calls == [()] and opt._opt_called

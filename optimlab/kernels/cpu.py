@@ -2,8 +2,8 @@
 ``cpu_adafactor.py``, Adafactor's two-pass kernel).
 
 The kernels (``csrc/``) make one vectorized, multi-threaded pass over memory per
-tensor. They only do the elementwise update: every scalar (step sizes, bias
-corrections, step sizes, ``1 - beta1``, ``1 - rho``, ...) is computed on the host by the
+tensor. They only do the elementwise update: every scalar (bias corrections,
+step sizes, ``1 - beta1``, ``1 - rho``, ...) is computed on the host by the
 algorithm's own shared Python functions: ``<algorithm>_scalars`` (per step: the kernel's
 step-scalar columns; ``asgd_next`` for ASGD's next ``eta``/``mu``) and
 ``<algorithm>_group_scalars`` (the group's constants, in the kernel's argument order),

@@ -10,7 +10,7 @@ from ...optimizer import _to_scalar
 from ...rmsprop import rmsprop_group_scalars
 from . import _helpers as h
 from ._elementwise import Kernel
-from ._host import commit_steps, next_steps, per_tensor, value
+from ._host import commit_steps, next_steps, per_tensor
 from ._launcher import launch
 
 
