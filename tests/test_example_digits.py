@@ -16,7 +16,8 @@ def losses(impl: str, backend: str | None = None) -> list[float]:
     if backend:
         env["OPTIMLAB_BACKEND"] = backend
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--impl", impl, "--json"],
+        # (3 epochs, resumed from a checkpoint after the first: the script's default is 6)
+        [sys.executable, str(SCRIPT), "--impl", impl, "--json", "--epochs", "3", "--resume-at", "1"],
         env=env, check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out)

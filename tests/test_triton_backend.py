@@ -74,13 +74,14 @@ def _close(ours, ref, o_opt, r_opt, **tol):
 # ---- layouts and multi-tensor launches ---------------------------------------------------
 @pytest.mark.parametrize("name", FUSED)
 def test_zero_size_noncontiguous_and_many_tensors(name, triton_env, monkeypatch):
-    """One launch over 40 tensors of mixed sizes (several chunks each, with looping
+    """One launch over 24 tensors of mixed sizes (up to three chunks each, with looping
     programs), zero-size tensors, a transposed (dense, permuted) and a strided
-    (non-dense) param: same as torch's for-loop in float64."""
+    (non-dense) param: same as torch's for-loop in float64, over two steps (the second
+    with state from the first)."""
     monkeypatch.setattr(_launcher, "INTERPRET_BLOCK", 16)
     monkeypatch.setattr(_launcher, "INTERPRET_ITERS", 2)
     gen = torch.Generator().manual_seed(1)
-    sizes = [int(s) for s in torch.randint(1, 90, (40,), generator=gen)]
+    sizes = [int(s) for s in torch.randint(1, 90, (24,), generator=gen)]
     tensors = [torch.randn(n, generator=gen, dtype=torch.float64) for n in sizes]
     tensors += [torch.empty(0, dtype=torch.float64), torch.empty(3, 0, dtype=torch.float64)]
     ours, o_opt, ref, r_opt = _pair(name, tensors)
@@ -92,7 +93,7 @@ def test_zero_size_noncontiguous_and_many_tensors(name, triton_env, monkeypatch)
     kw = KWARGS[name]
     o_opt = getattr(optimlab, name)(ours, **kw)
     r_opt = getattr(torch.optim, name)(ref, **kw, foreach=False)
-    for seed in range(3):
+    for seed in range(2):
         _step_both(ours, o_opt, ref, r_opt, seed)
     assert {c.name for c in o_opt.backends()} == {"triton"}
     _close(ours, ref, o_opt, r_opt, rtol=1e-10, atol=1e-12)
