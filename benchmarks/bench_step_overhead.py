@@ -121,9 +121,11 @@ def import_baseline(checkout: str):
     root = Path(tempfile.mkdtemp(prefix="optimlab-baseline-"))
     shutil.copytree(Path(checkout) / "optimlab", root / "optimlab_baseline")
     shutil.copytree(Path(checkout) / "csrc", root / "csrc")  # where its loader looks
-    ops = root / "optimlab_baseline" / "kernels" / "ops.py"  # torch operators: own namespace
-    if ops.is_file():
-        ops.write_text(ops.read_text().replace('NAMESPACE = "optimlab"', 'NAMESPACE = "optimlab_baseline"'))
+    # torch operators (cpp's, and Triton's where they exist): their own namespace
+    for ops in (root / "optimlab_baseline" / "kernels" / "ops.py",
+                root / "optimlab_baseline" / "kernels" / "triton" / "_ops.py"):
+        if ops.is_file():
+            ops.write_text(ops.read_text().replace('NAMESPACE = "optimlab"', 'NAMESPACE = "optimlab_baseline"'))
     # its C++ extension under its own module name (one name would load one build for both)
     for loader in ("cpp_build.py", "cpu.py"):
         f = root / "optimlab_baseline" / "kernels" / loader
