@@ -1,4 +1,5 @@
-// ASGD; eta and mu (per tensor) come from optimlab.asgd.asgd_eta / asgd_mu.
+// ASGD; eta and mu (per tensor) are the state's (optimlab.asgd.asgd_next), the decay
+// 1 - lambd * eta is optimlab.asgd.asgd_decay's.
 #include "kernels.h"
 
 namespace optimlab {
@@ -7,7 +8,8 @@ namespace {
 struct AsgdOp {
   PerTensor eta;
   PerTensor mu;
-  double lambd, weight_decay;
+  PerTensor decay_factor;
+  double weight_decay;
   bool maximize;
 
   template <class T>
@@ -16,7 +18,7 @@ struct AsgdOp {
     T* p = x[0];
     const T* g = x[1];
     T* ax = x[2];
-    const V wd = math::splat<T>(weight_decay), shrink = math::splat<T>(1 - lambd * eta[i]);
+    const V wd = math::splat<T>(weight_decay), shrink = math::splat<T>(decay_factor[i]);
     const V neg_eta = math::splat<T>(-eta[i]), muv = math::splat<T>(mu[i]);
     const bool decay = weight_decay != 0, average = mu[i] != 1;
     math::for_each_vector<T>(n, [&](int64_t j, int64_t c) {
@@ -40,10 +42,10 @@ struct AsgdOp {
 }  // namespace
 
 void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const TensorList& state_steps,
-          const StepScalars& step_scalars, const Scalars& eta, const Scalars& mu, double lambd,
+          const StepScalars& step_scalars, const Scalars& eta, const Scalars& mu, const Scalars& decay,
           double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf) {
-  check_per_tensor("asgd", params, {&eta, &mu});
-  const AsgdOp op{eta, mu, lambd, weight_decay, maximize};
+  check_per_tensor("asgd", params, {&eta, &mu, &decay});
+  const AsgdOp op{eta, mu, decay, weight_decay, maximize};
   // (eta and mu are the state's, read before the step; the callback computes the next ones)
   fused_step("asgd", op, {{&params, true}, {&grads, false}, {&axs, true}}, state_steps,
              read_amp(grad_scale, found_inf), step_scalars);

@@ -69,7 +69,7 @@ void adamax(const TensorList& params, const TensorList& grads, const TensorList&
             const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void asgd(const TensorList& params, const TensorList& grads, const TensorList& axs, const TensorList& state_steps,
-          const StepScalars& step_scalars, const Scalars& eta, const Scalars& mu, double lambd,
+          const StepScalars& step_scalars, const Scalars& eta, const Scalars& mu, const Scalars& decay,
           double weight_decay, bool maximize, const OptTensor& grad_scale, const OptTensor& found_inf);
 
 void nadam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,

@@ -33,11 +33,12 @@ from ._validation import check_lr, check_nonneg
 __all__ = ["ASGD", "asgd_decay", "asgd_eta", "asgd_group_scalars", "asgd_mu", "asgd_next"]
 
 
-def asgd_group_scalars(lambd, weight_decay):
+def asgd_group_scalars(weight_decay):
     """The fused kernels' group constants, in the cpp kernel's argument order and the Triton
-    table's: ``(lambd, weight_decay)``, as the group holds them (the per-tensor ``eta``,
-    ``mu`` are the state's, :func:`asgd_next`; the param's decay is :func:`asgd_decay`)."""
-    return lambd, weight_decay
+    table's: ``(weight_decay,)``, as the group holds it. Their per-tensor scalars, in this
+    order: ``eta``, ``mu`` (the state's; the next ones are :func:`asgd_next`'s) and the
+    param's decay :func:`asgd_decay` of that ``eta``."""
+    return (weight_decay,)
 
 
 def asgd_decay(lambd, eta):

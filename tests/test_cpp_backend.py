@@ -222,7 +222,8 @@ def test_asgd_average_written_at_any_alignment(dtype):
         p, g = _randn(n, dtype=dtype), _randn(n, dtype=dtype, seed=1)
         ax = torch.full((n + offset,), float("nan"), dtype=dtype)[offset:]
         expected = p * (1 - 0.1 * 0.01) - 0.01 * g
-        ext.asgd([p], [g], [ax], [torch.zeros(())], None, [0.01], [1.0], 0.1, 0.0, False, None, None)
+        # eta 0.01, mu 1, decay 1 - lambd * eta (lambd 0.1), weight_decay 0
+        ext.asgd([p], [g], [ax], [torch.zeros(())], None, [0.01], [1.0], [1 - 0.1 * 0.01], 0.0, False, None, None)
         torch.testing.assert_close(p, expected, **TOL[dtype])
         assert torch.equal(ax, p), offset
 

@@ -369,7 +369,7 @@ def _adamax_impl(params, grads, exp_avgs, exp_infs, state_steps, lr, beta1, beta
 @ops.cpu_impl("asgd")
 def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0, weight_decay, maximize,
                grad_scale=None, found_inf=None):
-    from ..asgd import asgd_group_scalars, asgd_next
+    from ..asgd import asgd_decay, asgd_group_scalars, asgd_next
 
     ext = load()
     if _skipped(found_inf):
@@ -383,9 +383,11 @@ def _asgd_impl(params, grads, axs, mus, etas, state_steps, lr, lambd, alpha, t0,
         new.extend(_per_step(lambda s: tuple(map(_value, asgd_next(lr, lambd, alpha, t0, s))), steps))
         return []
 
+    eta = ext.read_scalars(etas)  # the state's, as the for-loop reads them (.item())
     ext.asgd(
-        params, grads, axs, state_steps, next_eta_mu, ext.read_scalars(etas), ext.read_scalars(mus),
-        *map(_value, asgd_group_scalars(lambd, weight_decay)), bool(maximize), grad_scale, found_inf,
+        params, grads, axs, state_steps, next_eta_mu, eta, ext.read_scalars(mus),
+        _per_step(lambda e: _value(asgd_decay(_value(lambd), e)), eta),
+        *map(_value, asgd_group_scalars(weight_decay)), bool(maximize), grad_scale, found_inf,
     )
     if new:  # (the kernel stepped)
         ext.write_scalars(etas, [eta for eta, _ in new])

@@ -78,8 +78,7 @@ def sgd(group, params, grads, state, grad_scale=None, found_inf=None, fresh=()):
 
 @triton.jit
 def _asgd_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: tl.constexpr):
-    # asgd_group_scalars (lambd, wd): lambd enters through the decay column, not read here
-    wd = h.scalar(stab, 1, ACC64)
+    wd = h.scalar(stab, 0, ACC64)  # asgd_group_scalars: (wd,)
     # per tensor: eta, mu (the state's, as the cpp kernel takes them), decay = asgd_decay(lambd, eta)
     eta = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 0, ACC64)
     mu = h.tensor_scalar(stab, N_GROUP, N_PER, ti, 1, ACC64)
@@ -90,7 +89,8 @@ def _asgd_scalars(stab, ti, N_GROUP: tl.constexpr, N_PER: tl.constexpr, ACC64: t
 @triton.jit
 def _asgd(ptrs, offs, mask, g, sc, ACC64: tl.constexpr,
           HAS_WD: tl.constexpr, _F1: tl.constexpr, _F2: tl.constexpr):
-    """g += wd * p; p = p * (1 - lambd * eta) - eta * g; ax += (p - ax) * mu (ax = p at mu 1)."""
+    """g += wd * p; p = p * decay - eta * g (decay = 1 - lambd * eta); ax += (p - ax) * mu (ax = p at
+    mu 1)."""
     pp, _, axp, _, _ = ptrs
     wd, eta, mu, decay = sc
     p = h.load(pp, offs, mask, ACC64)
@@ -128,7 +128,7 @@ def asgd(group, params, grads, state, grad_scale=None, found_inf=None):
                    Same(asgd_decay(lambd, e)) if e is not None else [asgd_decay(lambd, v) for v in eta_vals]]
     launch(
         _asgd_kernel, [params, grads, state["ax"]],
-        group_scalars=list(asgd_group_scalars(lambd, group["weight_decay"])), columns=columns,
+        group_scalars=list(asgd_group_scalars(group["weight_decay"])), columns=columns,
         grad_scale=grad_scale, found_inf=found_inf,
         MAXIMIZE=bool(group["maximize"]), HAS_WD=group["weight_decay"] != 0,
     )
