@@ -8,6 +8,7 @@ run on CPU tensors by Triton's interpreter (``TRITON_INTERPRET=1``):
   the eager for-loop's numbers, no graph break beyond torch.optim's own step in the same
   loop, and no more compiles than torch.optim's step;
 * a scheduler's ``lr`` reaches the operator as a graph input (no recompile per step);
+* ``torch.compile(fullgraph=True)`` of a function calling an operator directly;
 * ``torch.library.opcheck`` on the operators.
 
 On a GPU the same operators run their CUDA implementation: tests/test_triton_cuda.py.
@@ -173,3 +174,47 @@ def test_opcheck(key, amp):
     func, args = record_step(opt, amp)
     result = torch.library.opcheck(func, args)
     assert set(result.values()) == {"SUCCESS"}, result
+
+
+# ---- the operator called directly, under torch.compile(fullgraph=True) ----------------------
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_operator_under_fullgraph_compile(name, monkeypatch):
+    """A function calling ``triton_<algorithm>_`` directly compiles to one graph, and runs the
+    eager update (bit for bit): the operator's arguments as a traced step passes them."""
+    cls = getattr(optimlab, name)
+    params = _params(name)
+    opt = cls(params, **CASES[name])
+    for p, g in zip(params, _grads(params, 1)):  # state exists (eager first step)
+        p.grad = g
+    opt.step()
+    for p, g in zip(params, _grads(params, 2)):
+        p.grad = g
+    captured = []
+    monkeypatch.setattr(_ops, "op", lambda algorithm: lambda *args: captured.append(args))
+    group = opt.param_groups[0]
+    state = {k: [opt.state[p][k] for p in params] for k in ALGORITHMS[cls.algorithm].state
+             if k in opt.state[params[0]]}
+    _ops.call(cls.algorithm, group, params, [p.grad for p in params], state, None, None, {})
+    monkeypatch.undo()
+    (args,) = captured
+    op = _ops.op(cls.algorithm)
+
+    def copy(args):
+        return [[t.detach().clone() for t in a] if isinstance(a, list) and a and torch.is_tensor(a[0])
+                else list(a) if isinstance(a, list) else a for a in args]
+
+    eager, compiled = copy(args), copy(args)
+    with torch.no_grad():
+        op(*eager)
+
+        @torch.compile(fullgraph=True, backend="aot_eager")
+        def step(*args):
+            op(*args)
+
+        step(*compiled)
+    tensors = [(e, c) for a, b in zip(eager, compiled) if isinstance(a, list) for e, c in zip(a, b)
+               if torch.is_tensor(e)]
+    assert len(tensors) > 2 * len(params)
+    for e, c in tensors:
+        assert torch.equal(e, c)
+    assert any(not torch.equal(e, b) for e, b in zip(eager[0], args[0]))  # it updated the params
