@@ -27,9 +27,8 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 
 import optimlab  # noqa: E402
-from optim_db import loss_fn  # noqa: E402
 from test_fused_ops import (  # noqa: E402  (the cpp operators' helpers)
-    CASES as FUSED_CASES, _state_tensors, check_make_fx_replays, one_step_then_grads, record_step,
+    CASES as FUSED_CASES, check_make_fx_replays, one_step_then_grads, record_step,
     train_steps, train_with_scheduler)
 from optimlab.kernels.triton import _ops  # noqa: E402
 from optimlab.kernels.triton._table import ALGORITHMS  # noqa: E402

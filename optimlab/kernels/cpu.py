@@ -79,10 +79,6 @@ def _value(x) -> float:
     return float(_get_value(x)) if isinstance(x, Tensor) else float(x)
 
 
-def _like(x, ref: Tensor):
-    return x.to(dtype=ref.dtype) if isinstance(x, Tensor) else x
-
-
 def _real(params: list, *lists: list) -> list[list]:
     """``[params, *lists]`` with complex tensors viewed as real. Grads and state share their
     param's dtype, so when no param is complex (the usual case) nothing else is looked at."""
